@@ -1,1 +1,383 @@
-//! placeholder
+//! Test harness: a real `nats-server` (JetStream on, its own store directory) per cluster, the
+//! services started in-process on port 0 with their own SQLite file, and an HTTP client aimed at
+//! the edge. Every test builds its own cluster, so nothing is shared between tests.
+#![expect(
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test harness: a broken fixture must stop the test at once"
+)]
+
+use polylogue_bus::Bus;
+use polylogue_config::{JwtKey, Settings};
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+use tempfile::TempDir;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Where the `nats-server` binary is: `NATS_SERVER_BIN`, the project's `.tools`, or `PATH`.
+pub fn nats_server_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("NATS_SERVER_BIN") {
+        return PathBuf::from(p);
+    }
+    let local = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.tools/py/bin/nats-server");
+    if local.exists() {
+        return local;
+    }
+    PathBuf::from("nats-server")
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A real NATS server with JetStream, killed on drop.
+pub struct NatsServer {
+    child: Child,
+    pub url: String,
+    _dir: TempDir,
+}
+
+impl NatsServer {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let bin = nats_server_bin();
+        for _attempt in 0..5 {
+            let port = free_port();
+            let child = Command::new(&bin)
+                .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+                .arg(dir.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "cannot start {} ({e}); run scripts/test.sh to install it",
+                        bin.display()
+                    )
+                });
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let mut child = child;
+            loop {
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return Self {
+                        child,
+                        url: format!("nats://127.0.0.1:{port}"),
+                        _dir: dir,
+                    };
+                }
+                if let Ok(Some(_)) = child.try_wait() {
+                    break; // port taken between probe and bind: try another
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        panic!("nats-server did not start");
+    }
+}
+
+impl NatsServer {
+    /// Kills the server now (the cluster under test loses its bus).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Captured log output of every test in this process, for "no secret in logs" checks.
+#[derive(Clone, Default)]
+pub struct LogBuffer(Arc<Mutex<Vec<u8>>>);
+
+impl LogBuffer {
+    pub fn contents(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().expect("log buffer")).into_owned()
+    }
+}
+
+impl Write for LogBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("log buffer").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Installs (once) a JSON subscriber at `debug` for the polylogue crates that writes into memory.
+pub fn captured_logs() -> LogBuffer {
+    static LOGS: OnceLock<LogBuffer> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buffer = LogBuffer::default();
+        let writer = buffer.clone();
+        let _ = tracing_subscriber::fmt()
+            .json()
+            .with_env_filter("polylogue=debug,polylogue_auth=debug,polylogue_edge_api=debug,polylogue_bus=debug,info")
+            .with_writer(move || writer.clone())
+            .try_init();
+        buffer
+    })
+    .clone()
+}
+
+/// Settings for a test cluster: port 0 everywhere, a fresh data dir, a random signing key.
+pub fn test_settings(nats_url: &str, data_dir: &std::path::Path) -> Settings {
+    let mut s = Settings {
+        environment: "test".into(),
+        data_dir: data_dir.to_path_buf(),
+        ..Settings::default()
+    };
+    s.nats.url = nats_url.to_owned();
+    s.nats.request_timeout_ms = 3_000;
+    s.edge.listen = "127.0.0.1:0".into();
+    s.edge.ops_listen = "127.0.0.1:0".into();
+    s.auth.ops_listen = "127.0.0.1:0".into();
+    s.auth.registration_enabled = Some(true);
+    s.jwt.keys = vec![JwtKey {
+        kid: "test-1".into(),
+        secret: format!(
+            "{}{}",
+            uuid::Uuid::new_v4().simple(),
+            uuid::Uuid::new_v4().simple()
+        )
+        .into(),
+    }];
+    s
+}
+
+struct AuthNode {
+    running: polylogue_auth::Running,
+    shutdown: CancellationToken,
+}
+
+/// NATS + auth + one edge, all real, in this process.
+pub struct TestCluster {
+    pub nats: NatsServer,
+    pub settings: Settings,
+    pub base: String,
+    pub http: reqwest::Client,
+    pub edge: polylogue_edge_api::Running,
+    auth: Option<AuthNode>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+    _dir: TempDir,
+}
+
+impl TestCluster {
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(configure: impl FnOnce(&mut Settings)) -> Self {
+        captured_logs();
+        let nats = NatsServer::start();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut settings = test_settings(&nats.url, dir.path());
+        configure(&mut settings);
+        settings.validate().expect("test settings are valid");
+        let shutdown = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let auth = Self::start_auth(&settings, &tracker).await;
+        let bus = Bus::connect(&settings.nats, "edge-api")
+            .await
+            .expect("edge connects");
+        let edge = polylogue_edge_api::start(&settings, bus, shutdown.clone(), &tracker)
+            .await
+            .expect("edge starts");
+        Self {
+            base: format!("http://{}", edge.addr),
+            http: client(),
+            edge,
+            nats,
+            settings,
+            auth: Some(auth),
+            shutdown,
+            tracker,
+            _dir: dir,
+        }
+    }
+
+    async fn start_auth(settings: &Settings, tracker: &TaskTracker) -> AuthNode {
+        let bus = Bus::connect(&settings.nats, "auth")
+            .await
+            .expect("auth connects");
+        let store = polylogue_auth::open_store(settings)
+            .await
+            .expect("store opens");
+        let shutdown = CancellationToken::new();
+        let running =
+            polylogue_auth::start(settings, &bus, store, shutdown.clone(), tracker.clone())
+                .await
+                .expect("auth starts");
+        AuthNode { running, shutdown }
+    }
+
+    /// Stops the auth service (as if its pods were gone).
+    pub async fn stop_auth(&mut self) {
+        if let Some(node) = self.auth.take() {
+            node.shutdown.cancel();
+            node.running.stop().await;
+        }
+    }
+
+    /// Starts another edge replica on the same NATS; returns its base URL.
+    pub async fn start_edge_replica(&self) -> String {
+        let bus = Bus::connect(&self.settings.nats, "edge-api")
+            .await
+            .expect("edge connects");
+        let edge =
+            polylogue_edge_api::start(&self.settings, bus, self.shutdown.clone(), &self.tracker)
+                .await
+                .expect("edge replica starts");
+        format!("http://{}", edge.addr)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn post_json(&self, path: &str, body: &serde_json::Value) -> reqwest::Response {
+        self.http
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    pub async fn register(&self, username: &str, password: &str) -> reqwest::Response {
+        self.post_json(
+            "/api/register",
+            &serde_json::json!({ "username": username, "password": password }),
+        )
+        .await
+    }
+
+    /// Registers and logs in; returns the session's cookies.
+    pub async fn signed_in(&self, username: &str, password: &str) -> Cookies {
+        let r = self.register(username, password).await;
+        assert_eq!(
+            r.status(),
+            201,
+            "register: {}",
+            r.text().await.unwrap_or_default()
+        );
+        let r = self
+            .post_json(
+                "/api/login",
+                &serde_json::json!({ "username": username, "password": password }),
+            )
+            .await;
+        assert_eq!(r.status(), 200, "login failed");
+        Cookies::from_response(&r)
+    }
+
+    pub async fn get_with(&self, path: &str, cookies: &Cookies) -> reqwest::Response {
+        self.http
+            .get(self.url(path))
+            .header("cookie", cookies.header())
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    pub async fn post_with(&self, path: &str, cookies: &Cookies) -> reqwest::Response {
+        self.http
+            .post(self.url(path))
+            .header("cookie", cookies.header())
+            .send()
+            .await
+            .expect("request sent")
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(node) = &self.auth {
+            node.shutdown.cancel();
+        }
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(20))
+        .build()
+        .expect("client")
+}
+
+/// Cookies as a browser would keep them (name → value), from `Set-Cookie` headers.
+#[derive(Clone, Debug, Default)]
+pub struct Cookies {
+    pub access: Option<String>,
+    pub refresh: Option<String>,
+    /// The raw `Set-Cookie` lines, for attribute checks.
+    pub raw: Vec<String>,
+}
+
+impl Cookies {
+    pub fn from_response(r: &reqwest::Response) -> Self {
+        let mut c = Cookies::default();
+        for v in r.headers().get_all("set-cookie") {
+            let line = v.to_str().unwrap_or_default().to_owned();
+            let pair = line.split(';').next().unwrap_or_default();
+            if let Some((name, value)) = pair.split_once('=') {
+                let value = (!value.is_empty()).then(|| value.to_owned());
+                match name {
+                    "polylogue_access" => c.access = value,
+                    "polylogue_refresh" => c.refresh = value,
+                    _ => {}
+                }
+            }
+            c.raw.push(line);
+        }
+        c
+    }
+
+    pub fn header(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(a) = &self.access {
+            parts.push(format!("polylogue_access={a}"));
+        }
+        if let Some(r) = &self.refresh {
+            parts.push(format!("polylogue_refresh={r}"));
+        }
+        parts.join("; ")
+    }
+
+    pub fn access_only(&self) -> Self {
+        Cookies {
+            access: self.access.clone(),
+            refresh: None,
+            raw: vec![],
+        }
+    }
+
+    pub fn with_access(token: &str) -> Self {
+        Cookies {
+            access: Some(token.to_owned()),
+            refresh: None,
+            raw: vec![],
+        }
+    }
+}

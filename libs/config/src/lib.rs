@@ -1,1 +1,466 @@
-//! placeholder
+//! One typed configuration for every Polylogue service.
+//! Sources, later ones winning: built-in defaults → a TOML file → `POLYLOGUE__SECTION__KEY`
+//! environment variables. Validated once at start; secrets are `SecretString`s whose `Debug` is redacted.
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("configuration could not be read: {0}")]
+    Load(String),
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Reported by `/api/version` and `/api/health`; `production` switches on the strict defaults
+    /// documented in `docs/configuration.md`.
+    pub environment: String,
+    /// Where embedded engines keep their files (SQLite databases, key files).
+    pub data_dir: PathBuf,
+    pub nats: NatsSettings,
+    pub telemetry: TelemetrySettings,
+    pub jwt: JwtSettings,
+    pub edge: EdgeSettings,
+    pub auth: AuthSettings,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            environment: "development".into(),
+            data_dir: PathBuf::from(".data"),
+            nats: NatsSettings::default(),
+            telemetry: TelemetrySettings::default(),
+            jwt: JwtSettings::default(),
+            edge: EdgeSettings::default(),
+            auth: AuthSettings::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NatsSettings {
+    pub url: String,
+    /// First token of every subject; lets several installations share one NATS.
+    pub subject_prefix: String,
+    /// Bound on every request/reply; past it the edge answers 504.
+    pub request_timeout_ms: u64,
+    pub credentials_file: Option<PathBuf>,
+    pub user: Option<String>,
+    pub password: Option<SecretString>,
+}
+
+impl Default for NatsSettings {
+    fn default() -> Self {
+        Self {
+            url: "nats://127.0.0.1:4222".into(),
+            subject_prefix: "polylogue".into(),
+            request_timeout_ms: 5_000,
+            credentials_file: None,
+            user: None,
+            password: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetrySettings {
+    /// `tracing` filter directive, e.g. `info` or `info,polylogue_auth=debug`.
+    pub log_level: String,
+    /// `json` (default) or `pretty`.
+    pub log_format: String,
+}
+
+impl Default for TelemetrySettings {
+    fn default() -> Self {
+        Self {
+            log_level: "info".into(),
+            log_format: "json".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtKey {
+    pub kid: String,
+    pub secret: SecretString,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JwtSettings {
+    /// Key ring: the first key signs, every key verifies. Rotate by putting a new key first and
+    /// dropping the old one after `access_ttl_secs`.
+    pub keys: Vec<JwtKey>,
+    pub access_ttl_secs: u64,
+    pub refresh_ttl_secs: u64,
+}
+
+impl Default for JwtSettings {
+    fn default() -> Self {
+        Self {
+            keys: Vec::new(),
+            access_ttl_secs: 900,
+            refresh_ttl_secs: 30 * 24 * 3600,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EdgeSettings {
+    pub listen: String,
+    /// `/metrics` and `/healthz` for Prometheus and Kubernetes probes.
+    pub ops_listen: String,
+    pub body_limit_bytes: usize,
+    /// How long shutdown waits for open requests.
+    pub shutdown_grace_secs: u64,
+    /// `Secure` attribute on cookies; switch off only for plain-HTTP local runs.
+    pub cookie_secure: bool,
+    /// `Strict` or `Lax`.
+    pub cookie_same_site: String,
+    /// Take the client address from `X-Forwarded-For` (only behind a trusted proxy).
+    pub trust_forwarded_for: bool,
+    pub rate_limits: RateLimitSettings,
+}
+
+impl Default for EdgeSettings {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            ops_listen: "127.0.0.1:9180".into(),
+            body_limit_bytes: 1024 * 1024,
+            shutdown_grace_secs: 30,
+            cookie_secure: true,
+            cookie_same_site: "Strict".into(),
+            trust_forwarded_for: false,
+            rate_limits: RateLimitSettings::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitSettings {
+    pub enabled: bool,
+    /// Window length in seconds (the spec's limits are per minute).
+    pub window_secs: u64,
+    /// Per-route overrides of the spec's limits, by route name (see `docs/api.md`), e.g.
+    /// `login = 5`. A value of 0 disables that route's limit.
+    pub overrides: BTreeMap<String, u32>,
+    /// Failed-login attempts allowed per account per window, on top of the per-IP limit.
+    pub login_per_account: u32,
+}
+
+impl Default for RateLimitSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            window_secs: 60,
+            overrides: BTreeMap::new(),
+            login_per_account: 10,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSettings {
+    pub ops_listen: String,
+    /// Open self-service `POST /api/register`. Off in production unless set explicitly.
+    pub registration_enabled: Option<bool>,
+    pub store: StoreSettings,
+    pub argon2: Argon2Settings,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self {
+            ops_listen: "127.0.0.1:9181".into(),
+            registration_enabled: None,
+            store: StoreSettings::default(),
+            argon2: Argon2Settings::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreSettings {
+    /// `sqlite` (embedded default) or `scylla`.
+    pub engine: String,
+    /// SQLite file; default `<data_dir>/<service>.sqlite`.
+    pub sqlite_path: Option<PathBuf>,
+    pub scylla: ScyllaSettings,
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        Self {
+            engine: "sqlite".into(),
+            sqlite_path: None,
+            scylla: ScyllaSettings::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ScyllaSettings {
+    pub nodes: Vec<String>,
+    pub keyspace: String,
+    pub replication_factor: u32,
+    pub username: Option<String>,
+    pub password: Option<SecretString>,
+}
+
+impl Default for ScyllaSettings {
+    fn default() -> Self {
+        Self {
+            nodes: vec!["127.0.0.1:9042".into()],
+            keyspace: "polylogue".into(),
+            replication_factor: 3,
+            username: None,
+            password: None,
+        }
+    }
+}
+
+/// argon2id cost. The defaults are OWASP's minimum for argon2id (19 MiB, 2 passes, 1 lane);
+/// validation refuses anything cheaper.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Argon2Settings {
+    pub memory_kib: u32,
+    pub iterations: u32,
+    pub parallelism: u32,
+    /// Hashes computed at once; each holds `memory_kib` of RAM.
+    pub max_concurrent: usize,
+}
+
+impl Default for Argon2Settings {
+    fn default() -> Self {
+        Self {
+            memory_kib: 19_456,
+            iterations: 2,
+            parallelism: 1,
+            max_concurrent: 4,
+        }
+    }
+}
+
+impl Settings {
+    /// Loads defaults, then `file` (if given and present), then the environment, and validates.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let settings = Self::load_unchecked(file)?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Like [`Settings::load`] without validation, for tools that need only part of it (the CLI
+    /// needs NATS, not signing keys).
+    pub fn load_unchecked(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut figment = Figment::new();
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError::Load(format!(
+                    "config file {} does not exist",
+                    path.display()
+                )));
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        figment = figment.merge(Env::prefixed("POLYLOGUE__").split("__"));
+        let settings: Settings = figment
+            .extract()
+            .map_err(|e| ConfigError::Load(e.to_string()))?;
+        Ok(settings)
+    }
+
+    /// Loads from the file named by `POLYLOGUE_CONFIG` if set.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::load(Self::env_file().as_deref())
+    }
+
+    pub fn env_file() -> Option<PathBuf> {
+        std::env::var_os("POLYLOGUE_CONFIG").map(PathBuf::from)
+    }
+
+    pub fn is_production(&self) -> bool {
+        self.environment == "production"
+    }
+
+    /// Registration is on in development and off in production unless set.
+    pub fn registration_enabled(&self) -> bool {
+        self.auth
+            .registration_enabled
+            .unwrap_or(!self.is_production())
+    }
+
+    pub fn sqlite_path(&self, service: &str) -> PathBuf {
+        self.auth
+            .store
+            .sqlite_path
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join(format!("{service}.sqlite")))
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        let p = &self.nats.subject_prefix;
+        if p.is_empty()
+            || !p
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return invalid(format!(
+                "nats.subject_prefix must be non-empty and made of [A-Za-z0-9_-], got {p:?}"
+            ));
+        }
+        if self.nats.request_timeout_ms == 0 {
+            return invalid("nats.request_timeout_ms must be positive".into());
+        }
+        if self.jwt.keys.is_empty() {
+            return invalid(
+                "jwt.keys is empty: configure at least one signing key (see docs/configuration.md)"
+                    .into(),
+            );
+        }
+        let mut kids = std::collections::HashSet::new();
+        for key in &self.jwt.keys {
+            if key.kid.is_empty() || key.kid.len() > 64 {
+                return invalid("jwt.keys[].kid must be 1-64 characters".into());
+            }
+            if !kids.insert(key.kid.as_str()) {
+                return invalid(format!("jwt.keys has the kid {:?} twice", key.kid));
+            }
+            if key.secret.expose_secret().len() < 32 {
+                return invalid(format!(
+                    "jwt key {:?} is shorter than 32 bytes; HS256 needs at least 256 bits",
+                    key.kid
+                ));
+            }
+        }
+        if self.jwt.access_ttl_secs == 0 || self.jwt.access_ttl_secs > 3600 {
+            return invalid("jwt.access_ttl_secs must be 1-3600".into());
+        }
+        if self.jwt.refresh_ttl_secs < self.jwt.access_ttl_secs {
+            return invalid("jwt.refresh_ttl_secs must be at least jwt.access_ttl_secs".into());
+        }
+        if !matches!(self.edge.cookie_same_site.as_str(), "Strict" | "Lax") {
+            return invalid("edge.cookie_same_site must be Strict or Lax".into());
+        }
+        if self.is_production() && !self.edge.cookie_secure {
+            return invalid("edge.cookie_secure cannot be off in production".into());
+        }
+        if self.edge.body_limit_bytes < 1024 {
+            return invalid("edge.body_limit_bytes must be at least 1024".into());
+        }
+        if self.edge.rate_limits.window_secs == 0 {
+            return invalid("edge.rate_limits.window_secs must be positive".into());
+        }
+        let a = &self.auth.argon2;
+        if a.memory_kib < 19_456 || a.iterations < 2 || a.parallelism < 1 {
+            return invalid(
+                "auth.argon2 is below OWASP's minimum (memory_kib >= 19456, iterations >= 2, parallelism >= 1)"
+                    .into(),
+            );
+        }
+        if a.max_concurrent == 0 {
+            return invalid("auth.argon2.max_concurrent must be positive".into());
+        }
+        match self.auth.store.engine.as_str() {
+            "sqlite" => {}
+            "scylla" if !self.auth.store.scylla.nodes.is_empty() => {}
+            "scylla" => return invalid("auth.store.scylla.nodes is empty".into()),
+            other => {
+                return invalid(format!(
+                    "auth.store.engine must be sqlite or scylla, got {other:?}"
+                ));
+            }
+        }
+        if !matches!(self.telemetry.log_format.as_str(), "json" | "pretty") {
+            return invalid("telemetry.log_format must be json or pretty".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    const KEY: &str = r#"[[jwt.keys]]
+kid = "k1"
+secret = "0123456789abcdef0123456789abcdef-secret"
+"#;
+
+    fn file(contents: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(contents.as_bytes()).unwrap();
+        f
+    }
+
+    #[test]
+    fn a_file_overrides_defaults_and_secrets_are_redacted() {
+        let f = file(&format!(
+            "environment = \"staging\"\n[edge]\nlisten = \"0.0.0.0:1\"\n{KEY}"
+        ));
+        let s = Settings::load(Some(f.path())).unwrap();
+        assert_eq!(s.environment, "staging");
+        assert_eq!(s.edge.listen, "0.0.0.0:1");
+        assert_eq!(s.nats.subject_prefix, "polylogue");
+        let debug = format!("{s:?}");
+        assert!(
+            !debug.contains("0123456789abcdef"),
+            "secret leaked: {debug}"
+        );
+    }
+
+    #[test]
+    fn settings_without_a_signing_key_are_refused() {
+        let f = file("environment = \"development\"\n");
+        let err = Settings::load(Some(f.path())).unwrap_err();
+        assert!(err.to_string().contains("jwt.keys"), "{err}");
+    }
+
+    #[test]
+    fn weak_argon2_and_short_keys_are_refused() {
+        let f = file(&format!("[auth.argon2]\nmemory_kib = 1024\n{KEY}"));
+        assert!(Settings::load(Some(f.path())).is_err());
+        let f = file("[[jwt.keys]]\nkid = \"k\"\nsecret = \"short\"\n");
+        assert!(Settings::load(Some(f.path())).is_err());
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let f = file(&format!("[edge]\nlisten_typo = \"x\"\n{KEY}"));
+        assert!(Settings::load(Some(f.path())).is_err());
+    }
+
+    #[test]
+    fn production_closes_registration_by_default() {
+        let f = file(&format!("environment = \"production\"\n{KEY}"));
+        let s = Settings::load(Some(f.path())).unwrap();
+        assert!(!s.registration_enabled());
+        let f = file(&format!("environment = \"development\"\n{KEY}"));
+        assert!(
+            Settings::load(Some(f.path()))
+                .unwrap()
+                .registration_enabled()
+        );
+    }
+}

@@ -96,6 +96,8 @@ pub trait AuthStore: Send + Sync + 'static {
     ) -> Result<ConsumeOutcome, StoreError>;
 
     /// Looks a refresh token up without spending it.
-    async fn refresh_token(&self, token_hash: &str)
-    -> Result<Option<RefreshTokenRecord>, StoreError>;
+    async fn refresh_token(
+        &self,
+        token_hash: &str,
+    ) -> Result<Option<RefreshTokenRecord>, StoreError>;
 }

@@ -43,11 +43,21 @@ pub async fn users_round_trip(store: &dyn AuthStore) -> Result<(), String> {
     let u = user(&unique("alice"));
     store.create_user(&u).await.map_err(e)?;
     let by_name = store.user_by_username(&u.username).await.map_err(e)?;
-    check(by_name.as_ref() == Some(&u), "user read by username differs from the one written")?;
-    let by_id = store.user_by_id(u.id).await.map_err(e)?;
-    check(by_id.as_ref() == Some(&u), "user read by id differs from the one written")?;
     check(
-        store.user_by_username(&unique("nobody")).await.map_err(e)?.is_none(),
+        by_name.as_ref() == Some(&u),
+        "user read by username differs from the one written",
+    )?;
+    let by_id = store.user_by_id(u.id).await.map_err(e)?;
+    check(
+        by_id.as_ref() == Some(&u),
+        "user read by id differs from the one written",
+    )?;
+    check(
+        store
+            .user_by_username(&unique("nobody"))
+            .await
+            .map_err(e)?
+            .is_none(),
         "an unknown username was found",
     )?;
     check(
@@ -66,7 +76,10 @@ pub async fn usernames_are_unique(store: &dyn AuthStore) -> Result<(), String> {
         other => return Err(format!("second user with a taken name gave {other:?}")),
     }
     let kept = store.user_by_username(&first.username).await.map_err(e)?;
-    check(kept.as_ref() == Some(&first), "the first owner of the name was overwritten")?;
+    check(
+        kept.as_ref() == Some(&first),
+        "the first owner of the name was overwritten",
+    )?;
     check(
         store.user_by_id(second.id).await.map_err(e)?.is_none(),
         "the refused user is readable by id",
@@ -127,20 +140,43 @@ pub async fn refresh_tokens_are_spent_once(store: &dyn AuthStore) -> Result<(), 
         "session read back differs",
     )?;
     check(
-        store.refresh_token(&token.token_hash).await.map_err(e)?.as_ref() == Some(&token),
+        store
+            .refresh_token(&token.token_hash)
+            .await
+            .map_err(e)?
+            .as_ref()
+            == Some(&token),
         "refresh token read back differs",
     )?;
-    match store.consume_refresh_token(&token.token_hash, now_ms()).await.map_err(e)? {
-        ConsumeOutcome::Fresh { token: t, session: s } => {
-            check(t == token && s == session, "fresh outcome carries other records")?;
+    match store
+        .consume_refresh_token(&token.token_hash, now_ms())
+        .await
+        .map_err(e)?
+    {
+        ConsumeOutcome::Fresh {
+            token: t,
+            session: s,
+        } => {
+            check(
+                t == token && s == session,
+                "fresh outcome carries other records",
+            )?;
         }
         other => return Err(format!("first use gave {other:?}")),
     }
-    match store.consume_refresh_token(&token.token_hash, now_ms()).await.map_err(e)? {
+    match store
+        .consume_refresh_token(&token.token_hash, now_ms())
+        .await
+        .map_err(e)?
+    {
         ConsumeOutcome::Reused { token: t, .. } => check(t == token, "reuse names another token")?,
         other => return Err(format!("second use gave {other:?}")),
     }
-    match store.consume_refresh_token("0000-not-a-token", now_ms()).await.map_err(e)? {
+    match store
+        .consume_refresh_token("0000-not-a-token", now_ms())
+        .await
+        .map_err(e)?
+    {
         ConsumeOutcome::Unknown => Ok(()),
         other => Err(format!("unknown token gave {other:?}")),
     }
@@ -164,10 +200,15 @@ pub async fn concurrent_refreshes_have_one_winner(store: Arc<dyn AuthStore>) -> 
             other => return Err(format!("racing refresh gave {other:?}")),
         }
     }
-    check(fresh == 1, &format!("{fresh} racers spent the same refresh token"))
+    check(
+        fresh == 1,
+        &format!("{fresh} racers spent the same refresh token"),
+    )
 }
 
-pub async fn revoked_or_expired_sessions_refuse_refresh(store: &dyn AuthStore) -> Result<(), String> {
+pub async fn revoked_or_expired_sessions_refuse_refresh(
+    store: &dyn AuthStore,
+) -> Result<(), String> {
     let (_, session, token) = session_with_token(store).await?;
     let at = now_ms();
     let revoked = store.revoke_session(session.id, at).await.map_err(e)?;
@@ -184,18 +225,30 @@ pub async fn revoked_or_expired_sessions_refuse_refresh(store: &dyn AuthStore) -
         again.and_then(|s| s.revoked_at) == Some(at),
         "a second revocation moved the revocation time",
     )?;
-    match store.consume_refresh_token(&token.token_hash, now_ms()).await.map_err(e)? {
+    match store
+        .consume_refresh_token(&token.token_hash, now_ms())
+        .await
+        .map_err(e)?
+    {
         ConsumeOutcome::Dead => {}
         other => return Err(format!("token of a revoked session gave {other:?}")),
     }
     check(
-        store.revoke_session(Uuid::now_v7(), at).await.map_err(e)?.is_none(),
+        store
+            .revoke_session(Uuid::now_v7(), at)
+            .await
+            .map_err(e)?
+            .is_none(),
         "revoking an unknown session returned a session",
     )?;
 
     let (_, _, expiring) = session_with_token(store).await?;
     let later = expiring.expires_at + Duration::seconds(1);
-    match store.consume_refresh_token(&expiring.token_hash, later).await.map_err(e)? {
+    match store
+        .consume_refresh_token(&expiring.token_hash, later)
+        .await
+        .map_err(e)?
+    {
         ConsumeOutcome::Dead => Ok(()),
         other => Err(format!("an expired token gave {other:?}")),
     }
@@ -203,8 +256,12 @@ pub async fn revoked_or_expired_sessions_refuse_refresh(store: &dyn AuthStore) -
 
 /// Runs the whole suite, naming the first broken rule.
 pub async fn run_all(store: Arc<dyn AuthStore>) -> Result<(), String> {
-    users_round_trip(store.as_ref()).await.map_err(|m| format!("users_round_trip: {m}"))?;
-    usernames_are_unique(store.as_ref()).await.map_err(|m| format!("usernames_are_unique: {m}"))?;
+    users_round_trip(store.as_ref())
+        .await
+        .map_err(|m| format!("users_round_trip: {m}"))?;
+    usernames_are_unique(store.as_ref())
+        .await
+        .map_err(|m| format!("usernames_are_unique: {m}"))?;
     concurrent_registrations_have_one_winner(Arc::clone(&store))
         .await
         .map_err(|m| format!("concurrent_registrations_have_one_winner: {m}"))?;
