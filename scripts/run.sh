@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# Runs the whole system on this machine with embedded defaults: NATS (JetStream), the auth service
+# and the edge API, plus a demo user. Installs what is missing, runs in the foreground and stops
+# everything it started on Ctrl-C / SIGTERM.
+#
+# Environment (all optional):
+#   POLYLOGUE_HTTP_PORT        edge HTTP port                  (8080)
+#   POLYLOGUE_NATS_PORT        NATS client port                (4222)
+#   POLYLOGUE_NATS_HTTP_PORT   NATS monitoring port            (8222)
+#   POLYLOGUE_EDGE_OPS_PORT    edge /metrics + /healthz        (9180)
+#   POLYLOGUE_AUTH_OPS_PORT    auth /metrics + /healthz        (9181)
+#   POLYLOGUE_DATA_DIR         databases, NATS store, config   (.data)
+#   POLYLOGUE_PROFILE          cargo profile: release | dev    (release)
+#   POLYLOGUE_DEMO_USER        demo username                   (demo@polylogue.local)
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+cd "$ROOT"
+
+HTTP_PORT="${POLYLOGUE_HTTP_PORT:-8080}"
+NATS_PORT="${POLYLOGUE_NATS_PORT:-4222}"
+NATS_HTTP_PORT="${POLYLOGUE_NATS_HTTP_PORT:-8222}"
+EDGE_OPS_PORT="${POLYLOGUE_EDGE_OPS_PORT:-9180}"
+AUTH_OPS_PORT="${POLYLOGUE_AUTH_OPS_PORT:-9181}"
+DATA_DIR="$(mkdir -p "${POLYLOGUE_DATA_DIR:-$ROOT/.data}" && cd "${POLYLOGUE_DATA_DIR:-$ROOT/.data}" && pwd)"
+PROFILE="${POLYLOGUE_PROFILE:-release}"
+DEMO_USER="${POLYLOGUE_DEMO_USER:-demo@polylogue.local}"
+
+ensure_rust
+ensure_nats
+
+log "building ($PROFILE)"
+cargo build --profile "$PROFILE" --bins --quiet
+BIN="$ROOT/target/$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")"
+
+# A local config with a signing key of its own, made once and kept (mode 0600).
+CONFIG="$DATA_DIR/polylogue.toml"
+if [ ! -f "$CONFIG" ]; then
+  log "writing $CONFIG with a fresh JWT signing key"
+  umask 077
+  cat >"$CONFIG" <<TOML
+# Made by scripts/run.sh for a single-machine run. See docs/configuration.md.
+environment = "development"
+
+[edge]
+# Plain HTTP on localhost: browsers and curl drop Secure cookies there.
+cookie_secure = false
+
+[[jwt.keys]]
+kid = "local-1"
+secret = "$(head -c 48 /dev/urandom | base64 | tr -d '\n/+=')"
+TOML
+  umask 022
+fi
+if [ ! -f "$DATA_DIR/demo-password" ]; then
+  (umask 077; head -c 12 /dev/urandom | base64 | tr -d '\n/+=' >"$DATA_DIR/demo-password")
+fi
+DEMO_PASSWORD="$(cat "$DATA_DIR/demo-password")"
+
+export POLYLOGUE_CONFIG="$CONFIG"
+export POLYLOGUE__DATA_DIR="$DATA_DIR"
+export POLYLOGUE__NATS__URL="nats://127.0.0.1:$NATS_PORT"
+export POLYLOGUE__EDGE__LISTEN="127.0.0.1:$HTTP_PORT"
+export POLYLOGUE__EDGE__OPS_LISTEN="127.0.0.1:$EDGE_OPS_PORT"
+export POLYLOGUE__AUTH__OPS_LISTEN="127.0.0.1:$AUTH_OPS_PORT"
+export POLYLOGUE__TELEMETRY__LOG_FORMAT="${POLYLOGUE__TELEMETRY__LOG_FORMAT:-pretty}"
+
+PIDS=()
+stop_all() {
+  trap - INT TERM EXIT
+  if [ "${#PIDS[@]}" -gt 0 ]; then
+    log "stopping"
+    # Reverse start order: the edge drains first, NATS goes last.
+    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
+      kill -TERM "${PIDS[$i]}" 2>/dev/null || true
+      wait "${PIDS[$i]}" 2>/dev/null || true
+    done
+  fi
+}
+trap stop_all EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+mkdir -p "$DATA_DIR/logs" "$DATA_DIR/nats"
+log "starting NATS on 127.0.0.1:$NATS_PORT"
+nats-server -a 127.0.0.1 -p "$NATS_PORT" -m "$NATS_HTTP_PORT" -js -sd "$DATA_DIR/nats" \
+  >"$DATA_DIR/logs/nats.log" 2>&1 &
+PIDS+=($!)
+wait_http "http://127.0.0.1:$NATS_HTTP_PORT/healthz?js-enabled-only=true" 20
+
+log "starting auth"
+"$BIN/polylogue-auth" 2> >(tee -a "$DATA_DIR/logs/auth.log" >&2) &
+PIDS+=($!)
+wait_http "http://127.0.0.1:$AUTH_OPS_PORT/healthz" 60
+
+log "starting edge-api on 127.0.0.1:$HTTP_PORT"
+"$BIN/polylogue-edge-api" 2> >(tee -a "$DATA_DIR/logs/edge-api.log" >&2) &
+PIDS+=($!)
+wait_http "http://127.0.0.1:$EDGE_OPS_PORT/healthz" 60
+
+DEMO_PASSWORD="$DEMO_PASSWORD" "$BIN/polylogue" user add --username "$DEMO_USER" --display-name "Demo User" \
+  --password-env DEMO_PASSWORD --if-not-exists >&2
+
+cat <<INFO
+
+  Polylogue is up at http://127.0.0.1:$HTTP_PORT
+
+  demo user:  $DEMO_USER
+  password:   $DEMO_PASSWORD
+
+  curl -c jar -H 'content-type: application/json' \\
+       -d '{"username":"$DEMO_USER","password":"$DEMO_PASSWORD"}' http://127.0.0.1:$HTTP_PORT/api/login
+  curl -b jar http://127.0.0.1:$HTTP_PORT/api/version
+  curl -b jar -X POST http://127.0.0.1:$HTTP_PORT/api/logout
+
+  metrics: http://127.0.0.1:$EDGE_OPS_PORT/metrics  http://127.0.0.1:$AUTH_OPS_PORT/metrics
+  logs:    $DATA_DIR/logs        Ctrl-C stops everything.
+
+INFO
+
+# Foreground until a signal, or until any process dies (then stop the rest).
+wait -n "${PIDS[@]}"
+log "a process exited; stopping the rest"
+exit 1
