@@ -238,6 +238,11 @@ impl TestCluster {
         }
     }
 
+    /// Begins a graceful shutdown of the edge(s): no new connections, open requests finish.
+    pub fn shutdown_edges(&self) {
+        self.shutdown.cancel();
+    }
+
     /// Starts another edge replica on the same NATS; returns its base URL.
     pub async fn start_edge_replica(&self) -> String {
         let bus = Bus::connect(&self.settings.nats, "edge-api")

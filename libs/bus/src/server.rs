@@ -112,7 +112,8 @@ impl ServiceHost {
                     let _permit = permit;
                     let ctx = RequestContext::from_headers(request.message.headers.as_ref());
                     let payload = request.message.payload.clone();
-                    let result = handler(ctx.clone(), payload).await;
+                    let span = tracing::info_span!("request", request_id = %ctx.request_id, service = %service, verb = %verb);
+                    let result = tracing::Instrument::instrument(handler(ctx.clone(), payload), span).await;
                     let outcome = match &result {
                         Ok(_) => "ok",
                         Err(e) => e.code.as_str(),

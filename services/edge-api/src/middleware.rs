@@ -87,7 +87,8 @@ pub async fn envelope(
         client_ip: ip,
     });
     let method = req.method().clone();
-    let mut response = next.run(req).await;
+    let span = tracing::info_span!("request", request_id = %request_id, method = %method, path = %req.uri().path());
+    let mut response = tracing::Instrument::instrument(next.run(req), span).await;
     let status = response.status();
     let body = response.extensions_mut().remove::<Body>();
     let is_json = response

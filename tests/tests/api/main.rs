@@ -8,6 +8,7 @@
 mod auth;
 mod envelope;
 mod health;
+mod lifecycle;
 mod rate_limits;
 mod tokens;
 

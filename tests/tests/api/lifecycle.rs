@@ -1,0 +1,128 @@
+//! Shutdown, metrics and log correlation.
+
+use polylogue_tests::{TestCluster, captured_logs};
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_open_requests_finish_and_refuses_new_ones() {
+    let app = TestCluster::start_with(|s| {
+        s.edge.rate_limits.overrides.insert("login".into(), 100);
+    })
+    .await;
+    assert_eq!(
+        app.register("slow@example.com", "password-slow")
+            .await
+            .status(),
+        201
+    );
+    let app = Arc::new(app);
+    // Logins spend tens of milliseconds in argon2: they are in flight when shutdown starts.
+    let mut inflight = Vec::new();
+    for _ in 0..6 {
+        let app = Arc::clone(&app);
+        inflight.push(tokio::spawn(async move {
+            app.http
+                .post(app.url("/api/login"))
+                .json(&json!({ "username": "slow@example.com", "password": "password-slow" }))
+                .send()
+                .await
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(15)).await;
+    app.shutdown_edges();
+    let mut completed = 0;
+    for task in inflight {
+        match task.await.unwrap() {
+            Ok(r) => {
+                assert_eq!(r.status(), 200, "an open request was cut short");
+                completed += 1;
+            }
+            // Sent after the listener closed: refused, never half-answered.
+            Err(e) => assert!(e.is_connect(), "{e}"),
+        }
+    }
+    assert!(completed > 0, "no request was in flight at shutdown");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let fresh = polylogue_tests::client()
+        .get(app.url("/api/health"))
+        .send()
+        .await;
+    assert!(
+        fresh.is_err(),
+        "the edge still accepts connections after shutdown"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ops_port_serves_prometheus_metrics_and_a_probe() {
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let tracker = tokio_util::task::TaskTracker::new();
+    let ops = polylogue_telemetry::serve_ops(
+        "127.0.0.1:0",
+        Arc::new(|| Box::pin(async { true })),
+        shutdown.clone(),
+        &tracker,
+    )
+    .await
+    .unwrap();
+    let app = TestCluster::start().await;
+    let _ = app
+        .register("metrics@example.com", "password-metrics")
+        .await;
+    let _ = app
+        .post_json(
+            "/api/login",
+            &json!({ "username": "metrics@example.com", "password": "password-metrics" }),
+        )
+        .await;
+    let client = polylogue_tests::client();
+    let text = client
+        .get(format!("http://{ops}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for metric in [
+        "polylogue_http_request_seconds",
+        "polylogue_bus_request_seconds",
+        "polylogue_auth_logins_total",
+    ] {
+        assert!(text.contains(metric), "{metric} missing from /metrics");
+    }
+    let probe = client
+        .get(format!("http://{ops}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(probe.status(), 200);
+    shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_request_id_correlates_the_edge_and_auth_logs() {
+    let logs = captured_logs();
+    let app = TestCluster::start().await;
+    let id = format!("corr-{}", uuid::Uuid::new_v4().simple());
+    let r = app
+        .http
+        .post(app.url("/api/login"))
+        .header("x-request-id", &id)
+        .json(&json!({ "username": "ghost@example.com", "password": "not-a-password" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let line = logs
+        .contents()
+        .lines()
+        .find(|l| l.contains("login refused") && l.contains(&id))
+        .map(str::to_owned);
+    assert!(
+        line.is_some(),
+        "the auth service's log line does not carry the edge's request id"
+    );
+}
