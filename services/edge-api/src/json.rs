@@ -63,6 +63,15 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         };
         let reason = if inner.is_syntax() || inner.is_eof() {
             "the body is not valid JSON".to_owned()
+        } else if message.starts_with("invalid ") {
+            // serde quotes the offending value ("invalid type: string \"…\""); it may be a
+            // secret sent in the wrong place, so only the expectation is repeated.
+            let expected = message
+                .split(", expected ")
+                .nth(1)
+                .and_then(|rest| rest.split(" at line ").next())
+                .unwrap_or("another type");
+            format!("wrong type or value, expected {expected}")
         } else {
             // serde's message without the " at line L column C" suffix.
             message
@@ -114,5 +123,19 @@ mod tests {
         assert_eq!(field(r#"{"username":5,"password":"b"}"#), "username");
         assert_eq!(field(r#"{"username":"a","password":"#), "password");
         assert_eq!(field("[]"), "body");
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[expect(dead_code, reason = "fields are only deserialised")]
+    struct Numbers {
+        count: u32,
+    }
+
+    #[test]
+    fn a_wrongly_typed_value_is_not_echoed_back() {
+        let err = parse::<Numbers>(br#"{"count":"sk-secret-canary"}"#).unwrap_err();
+        let text = serde_json::to_string(&err).unwrap();
+        assert!(!text.contains("canary"), "{text}");
+        assert!(text.contains("expected u32"), "{text}");
     }
 }
