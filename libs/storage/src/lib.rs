@@ -5,6 +5,16 @@
 pub mod auth;
 pub mod contract;
 mod error;
+pub mod search;
+mod sqlite_common;
+pub mod threads;
 
 pub use auth::{AuthStore, ConsumeOutcome, RefreshTokenRecord, SessionRecord, UserRecord};
 pub use error::StoreError;
+
+/// Now, truncated to the millisecond precision every adapter keeps (CQL `timestamp`).
+pub fn now_ms() -> time::OffsetDateTime {
+    let now = time::OffsetDateTime::now_utc();
+    let ms = now.unix_timestamp_nanos() / 1_000_000;
+    time::OffsetDateTime::from_unix_timestamp_nanos(ms * 1_000_000).unwrap_or(now)
+}

@@ -43,3 +43,25 @@ async fn the_scylla_adapter_keeps_the_auth_contract() {
     let store: Arc<dyn AuthStore> = Arc::new(ScyllaAuthStore::connect(&config).await.unwrap());
     contract::run_all(store).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sqlite_adapter_keeps_the_thread_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn polylogue_storage::threads::ThreadStore> = Arc::new(
+        polylogue_storage::threads::sqlite::SqliteThreadStore::open(
+            &dir.path().join("thread.sqlite"),
+        )
+        .unwrap(),
+    );
+    contract::threads::run_all(store).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fts5_adapter_keeps_the_search_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let search = polylogue_storage::search::sqlite::SqliteThreadSearch::open(
+        &dir.path().join("thread-search.sqlite"),
+    )
+    .unwrap();
+    contract::search::run_all(&search).await.unwrap();
+}

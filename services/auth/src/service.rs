@@ -11,9 +11,8 @@ use polylogue_contracts::auth::{
 };
 use polylogue_contracts::health::DependencyHealth;
 use polylogue_contracts::{ApiError, ErrorCode, Secret};
-use polylogue_storage::contract::now_ms;
 use polylogue_storage::{
-    AuthStore, ConsumeOutcome, RefreshTokenRecord, SessionRecord, StoreError, UserRecord,
+    AuthStore, ConsumeOutcome, RefreshTokenRecord, SessionRecord, StoreError, UserRecord, now_ms,
 };
 use polylogue_tokens::KeyRing;
 use sha2::{Digest, Sha256};

@@ -1,15 +1,15 @@
 //! SQLite adapter of the auth port: one file per service, WAL mode, migrations by `user_version`.
 //!
-//! rusqlite is synchronous; every call runs on the blocking pool behind one connection mutex.
-//! The auth workload is tiny per request (argon2 dominates), so one writer is plenty and it keeps
-//! the compare-and-set of refresh-token rotation trivially atomic.
+//! One connection (see `sqlite_common`): the auth workload is tiny per request (argon2
+//! dominates), so one writer is plenty and it keeps the compare-and-set of refresh-token rotation
+//! trivially atomic.
 
 use super::{AuthStore, ConsumeOutcome, RefreshTokenRecord, SessionRecord, UserRecord};
 use crate::StoreError;
+use crate::sqlite_common::{Db, from_ts, ts, unavailable, uuid_col};
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -43,31 +43,14 @@ const MIGRATIONS: &[&str] = &[
 
 #[derive(Clone)]
 pub struct SqliteAuthStore {
-    conn: Arc<Mutex<Connection>>,
+    db: Db,
 }
 
 impl SqliteAuthStore {
     /// Opens (creating if needed) the database file and applies pending migrations.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        }
-        let conn = Connection::open(path).map_err(unavailable)?;
-        Self::init(conn)
-    }
-
-    fn init(mut conn: Connection) -> Result<Self, StoreError> {
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(unavailable)?;
-        conn.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(unavailable)?;
-        conn.pragma_update(None, "foreign_keys", "ON")
-            .map_err(unavailable)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(unavailable)?;
-        migrate(&mut conn)?;
         Ok(Self {
-            conn: Arc::new(Mutex::new(conn)),
+            db: Db::open(path, MIGRATIONS)?,
         })
     }
 
@@ -76,56 +59,8 @@ impl SqliteAuthStore {
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        let conn = Arc::clone(&self.conn);
-        tokio::task::spawn_blocking(move || {
-            let mut guard = conn
-                .lock()
-                .map_err(|_| StoreError::Unavailable("connection mutex poisoned".into()))?;
-            f(&mut guard)
-        })
-        .await
-        .map_err(|e| StoreError::Unavailable(format!("blocking task failed: {e}")))?
+        self.db.with(f).await
     }
-}
-
-fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
-    let current: i64 = conn
-        .query_row("PRAGMA user_version", [], |r| r.get(0))
-        .map_err(unavailable)?;
-    for (i, sql) in MIGRATIONS
-        .iter()
-        .enumerate()
-        .skip(usize::try_from(current).unwrap_or(0))
-    {
-        let tx = conn.transaction().map_err(unavailable)?;
-        tx.execute_batch(sql).map_err(unavailable)?;
-        tx.pragma_update(None, "user_version", i + 1)
-            .map_err(unavailable)?;
-        tx.commit().map_err(unavailable)?;
-    }
-    Ok(())
-}
-
-fn unavailable(e: rusqlite::Error) -> StoreError {
-    StoreError::Unavailable(e.to_string())
-}
-
-fn ts(t: OffsetDateTime) -> i64 {
-    // Milliseconds: the precision both adapters keep (CQL `timestamp` is milliseconds).
-    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
-}
-
-fn from_ts(ms: i64) -> rusqlite::Result<OffsetDateTime> {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Integer, Box::new(e))
-    })
-}
-
-fn uuid_col(row: &Row<'_>, idx: usize) -> rusqlite::Result<Uuid> {
-    let s: String = row.get(idx)?;
-    Uuid::parse_str(&s).map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Text, Box::new(e))
-    })
 }
 
 fn user_from_row(row: &Row<'_>) -> rusqlite::Result<UserRecord> {
@@ -182,8 +117,7 @@ impl AuthStore for SqliteAuthStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        self.with(|c| c.query_row("SELECT 1", [], |_| Ok(())).map_err(unavailable))
-            .await
+        self.db.ping().await
     }
 
     async fn create_user(&self, user: &UserRecord) -> Result<(), StoreError> {

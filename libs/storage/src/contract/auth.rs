@@ -1,28 +1,12 @@
-//! The contract every adapter of a port must satisfy. `tests/contract.rs` runs it against SQLite
-//! always and against ScyllaDB when `SCYLLA_URL` is set; an adapter is done when it passes.
-//!
-//! Functions return `Err(String)` describing the broken rule instead of panicking, so the suite
-//! can live in the library (under the no-panic lints) and every runner reports the same words.
+//! The auth port's contract.
 
-use crate::{AuthStore, ConsumeOutcome, RefreshTokenRecord, SessionRecord, StoreError, UserRecord};
+use super::{check, e};
+use crate::{
+    AuthStore, ConsumeOutcome, RefreshTokenRecord, SessionRecord, StoreError, UserRecord, now_ms,
+};
 use std::sync::Arc;
-use time::{Duration, OffsetDateTime};
+use time::Duration;
 use uuid::Uuid;
-
-/// Now, truncated to the millisecond precision every adapter keeps.
-pub fn now_ms() -> OffsetDateTime {
-    let now = OffsetDateTime::now_utc();
-    let ms = now.unix_timestamp_nanos() / 1_000_000;
-    OffsetDateTime::from_unix_timestamp_nanos(ms * 1_000_000).unwrap_or(now)
-}
-
-fn check(cond: bool, what: &str) -> Result<(), String> {
-    if cond { Ok(()) } else { Err(what.to_owned()) }
-}
-
-fn e(err: StoreError) -> String {
-    format!("store error: {err}")
-}
 
 fn user(name: &str) -> UserRecord {
     UserRecord {

@@ -1,0 +1,222 @@
+#!/usr/bin/env bash
+# Benchmarks the system as scripts/run.sh starts it (release build, NATS + auth + edge-api on this
+# machine) with the open-loop load generator `polylogue-bench`, and writes bench/results/latest.md.
+#
+#   1. argon2id hash time with the service's parameters (1 thread, then one per core);
+#   2. GET /api/version with a session cookie at $RATE req/s for $DURATION s;
+#   3. POST /api/login at $LOGIN_RATE req/s for $LOGIN_DURATION s (the rate we claim sustainable);
+#   4. short login runs at each rate of $LOGIN_SWEEP (where it starts to break), ascending;
+#   5. one short login run at $LOGIN_OVER_RATE req/s, above what the machine sustains.
+#
+# The system gets free ports, a temporary data dir and rate limits off; it is stopped on exit.
+# Everything runs on this machine: the load generator competes with the system for its cores.
+#
+# Environment (all optional):
+#   RATE=500  DURATION=20                 version scenario
+#   LOGIN_RATE=60  LOGIN_DURATION=$DURATION  login at the sustainable rate
+#   LOGIN_SWEEP="80 100"  SWEEP_DURATION=10  short login runs (empty: none)
+#   LOGIN_OVER_RATE=150  OVER_DURATION=10     login above capacity (0: skip)
+#   ARGON2_ITERATIONS=20  SETTLE=5 (seconds of quiet between runs)
+#   CONNECTIONS=N  cap on requests in flight (default: none)   OUT=bench/results/latest.md
+set -euo pipefail
+source "$(dirname "$0")/../scripts/lib.sh"
+cd "$ROOT"
+
+RATE="${RATE:-500}"
+DURATION="${DURATION:-20}"
+LOGIN_RATE="${LOGIN_RATE:-60}"
+LOGIN_DURATION="${LOGIN_DURATION:-$DURATION}"
+LOGIN_SWEEP="${LOGIN_SWEEP-80 100}"
+SWEEP_DURATION="${SWEEP_DURATION:-10}"
+LOGIN_OVER_RATE="${LOGIN_OVER_RATE:-150}"
+OVER_DURATION="${OVER_DURATION:-10}"
+ARGON2_ITERATIONS="${ARGON2_ITERATIONS:-20}"
+SETTLE="${SETTLE:-5}"
+CONNECTIONS="${CONNECTIONS:-}"
+OUT="${OUT:-$ROOT/bench/results/latest.md}"
+USERNAME="demo@polylogue.local"
+
+ensure_rust
+ensure_nats
+
+log "building (release): services and polylogue-bench"
+cargo build --release --bins --quiet
+BENCH="$ROOT/target/release/polylogue-bench"
+
+WORK="$(mktemp -d)"
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+HTTP_PORT=$(free_port)
+URL="http://127.0.0.1:$HTTP_PORT"
+
+RUN_PID=""
+cleanup() {
+  if [ -n "$RUN_PID" ]; then
+    kill -TERM "$RUN_PID" 2>/dev/null || true
+    wait "$RUN_PID" 2>/dev/null || true
+  fi
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+log "starting scripts/run.sh (release, rate limits off) at $URL, data in $WORK/data"
+POLYLOGUE_PROFILE=release POLYLOGUE_DATA_DIR="$WORK/data" POLYLOGUE_HTTP_PORT="$HTTP_PORT" \
+  POLYLOGUE_NATS_PORT=$(free_port) POLYLOGUE_NATS_HTTP_PORT=$(free_port) \
+  POLYLOGUE_EDGE_OPS_PORT=$(free_port) POLYLOGUE_AUTH_OPS_PORT=$(free_port) \
+  POLYLOGUE_DEMO_USER="$USERNAME" \
+  POLYLOGUE__EDGE__RATE_LIMITS__ENABLED=false \
+  POLYLOGUE__TELEMETRY__LOG_FORMAT=json \
+  "$ROOT/scripts/run.sh" >"$WORK/run.out" 2>"$WORK/run.err" &
+RUN_PID=$!
+for _ in $(seq 1 900); do
+  grep -q "Polylogue is up" "$WORK/run.out" 2>/dev/null && break
+  kill -0 "$RUN_PID" 2>/dev/null || { tail -50 "$WORK/run.err" >&2; echo "scripts/run.sh died" >&2; exit 1; }
+  sleep 0.2
+done
+grep -q "Polylogue is up" "$WORK/run.out" || { tail -50 "$WORK/run.err" >&2; echo "scripts/run.sh did not come up" >&2; exit 1; }
+BENCH_PASSWORD="$(cat "$WORK/data/demo-password")"
+export BENCH_PASSWORD
+
+# The processes run.sh started (its direct children; the tee helpers are left out).
+declare -A SERVICE_PID=()
+for pid in $(pgrep -P "$RUN_PID"); do
+  comm="$(cat "/proc/$pid/comm" 2>/dev/null || true)"
+  case "$comm" in
+    nats-server) SERVICE_PID[nats]=$pid ;;
+    polylogue-auth) SERVICE_PID[auth]=$pid ;;
+    polylogue-edge*) SERVICE_PID[edge]=$pid ;;
+  esac
+done
+CLK_TCK="$(getconf CLK_TCK 2>/dev/null || echo 100)"
+# utime + stime of a process, in clock ticks (fields 14 and 15 of /proc/PID/stat).
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+cpu_snapshot() { for s in edge auth nats; do printf '%s ' "$(cpu_ticks "${SERVICE_PID[$s]:-0}")"; done; }
+
+COMMANDS=()
+ROWS_ARGON2=()
+ROWS_HTTP=()
+ROWS_CPU=()
+JSONS=()
+
+run_argon2() {
+  local cmd="target/release/polylogue-bench argon2 --iterations $ARGON2_ITERATIONS --threads $1"
+  COMMANDS+=("$cmd")
+  log "$cmd"
+  local out
+  out="$("$BENCH" argon2 --iterations "$ARGON2_ITERATIONS" --threads "$1")"
+  ROWS_ARGON2+=("$(grep '^|' <<<"$out")")
+  JSONS+=("$(grep '^{' <<<"$out")")
+}
+
+# run_http LABEL SCENARIO RATE DURATION
+run_http() {
+  local label="$1" scenario="$2" rate="$3" duration="$4"
+  local args=(http --url "$URL" --scenario "$scenario" --rate "$rate" --duration "$duration"
+    --username "$USERNAME" --password-env BENCH_PASSWORD)
+  [ -n "$CONNECTIONS" ] && args+=(--connections "$CONNECTIONS")
+  COMMANDS+=("target/release/polylogue-bench ${args[*]}")
+  log "$label: polylogue-bench ${args[*]}"
+  sleep "$SETTLE"
+  local before after out json
+  before="$(cpu_snapshot)"
+  out="$("$BENCH" "${args[@]}")"
+  after="$(cpu_snapshot)"
+  ROWS_HTTP+=("$(grep '^|' <<<"$out")")
+  json="$(grep '^{' <<<"$out")"
+  JSONS+=("$json")
+  grep '^|' <<<"$out" >&2
+  ROWS_CPU+=("$(python3 - "$label" "$json" "$before" "$after" "$CLK_TCK" "$(nproc)" <<'PY'
+import json, sys
+label, doc, before, after, tck, nproc = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3].split(), sys.argv[4].split(), float(sys.argv[5]), int(sys.argv[6])
+svc = [(int(a) - int(b)) / tck for a, b in zip(after, before)]
+bench = doc.get("bench_cpu_s") or 0.0
+elapsed = doc["elapsed_s"]
+total = sum(svc) + bench
+lat = doc["latency_from_scheduled"]
+errors = doc["non_2xx"] + doc["transport_errors"]
+# Sustained: every request 2xx, 2xx throughput within 3% of the target, p99 under one second.
+ok = errors == 0 and doc["achieved_ok_rps"] >= 0.97 * doc["target_rps"] and lat["p99_ms"] < 1000
+print(f"| {label} | {elapsed:.1f} | {svc[0]:.2f} | {svc[1]:.2f} | {svc[2]:.2f} | {bench:.2f} | "
+      f"{total:.2f} | {100 * total / (nproc * elapsed):.0f}% | {'yes' if ok else 'no'} |")
+PY
+)")
+}
+
+LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
+BUSY_BEFORE="$(ps -eo pcpu=,comm= --sort=-pcpu | awk '$1 >= 5 {printf "%s%s (%s%%)", sep, $2, $1; sep=", "}')"
+
+run_argon2 1
+run_argon2 "$(nproc)"
+run_http "version @ $RATE/s" version "$RATE" "$DURATION"
+run_http "login @ $LOGIN_RATE/s" login "$LOGIN_RATE" "$LOGIN_DURATION"
+for r in $LOGIN_SWEEP; do
+  run_http "login @ $r/s (sweep)" login "$r" "$SWEEP_DURATION"
+done
+if [ "$LOGIN_OVER_RATE" != 0 ]; then
+  run_http "login @ $LOGIN_OVER_RATE/s (overload)" login "$LOGIN_OVER_RATE" "$OVER_DURATION"
+fi
+LOAD_AFTER="$(cut -d' ' -f1-3 /proc/loadavg)"
+
+COMMIT="$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)"
+if [ -n "$(git status --porcelain 2>/dev/null)" ]; then COMMIT="$COMMIT (with uncommitted changes)"; fi
+CPU_MODEL="$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)"
+MEM="$(awk '/^MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo)"
+
+mkdir -p "$(dirname "$OUT")"
+{
+  echo "# Polylogue benchmark results"
+  echo
+  echo "- date: $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
+  echo "- commit: $COMMIT"
+  echo "- machine: \`nproc\` = $(nproc), $CPU_MODEL, $MEM RAM, $(uname -sr)"
+  echo "- toolchain: $(rustc --version)"
+  echo "- system: \`scripts/run.sh\` with POLYLOGUE_PROFILE=release, SQLite, one NATS, one auth, one edge-api, rate limits off (\`POLYLOGUE__EDGE__RATE_LIMITS__ENABLED=false\`), JSON logs"
+  echo "- load average (1/5/15 min) before: $LOAD_BEFORE, after: $LOAD_AFTER; other busy processes at the start: ${BUSY_BEFORE:-none}"
+  echo
+  echo "**The load generator runs on the same $(nproc) cores as NATS, auth and edge-api**: every CPU"
+  echo "second it spends is taken from the system under test (see the CPU table), so these numbers are"
+  echo "a lower bound for the services on a machine of their own."
+  echo
+  echo "## argon2id hash (the cost of one login)"
+  echo
+  echo "| argon2id (m=19456 KiB, t=2, p=1) | threads | hashes | median ms | min ms | mean ms | max ms | hashes/s (all threads) |"
+  echo "|---|---:|---:|---:|---:|---:|---:|---:|"
+  printf '%s\n' "${ROWS_ARGON2[@]}"
+  echo
+  echo "## HTTP, open loop (latency from each request's scheduled send time)"
+  echo
+  echo "| scenario | target req/s | duration s | requests | 2xx | non-2xx | transport errors | achieved 2xx/s | p50 ms | p90 ms | p99 ms | max ms | service p50 / p99 ms | send lag p99 / max ms |"
+  echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+  printf '%s\n' "${ROWS_HTTP[@]}"
+  echo
+  echo "Rows in order: version @ $RATE/s, login @ $LOGIN_RATE/s, the sweep (${LOGIN_SWEEP:-none}), overload @ $LOGIN_OVER_RATE/s."
+  echo "*achieved 2xx/s* = 2xx answers / (first scheduled send → last answer). *service* = from the"
+  echo "moment the request left to its answer (what a closed-loop tool would report); *send lag* = how late"
+  echo "the scheduler fired, a sign of a starved load generator when it is large."
+  echo
+  echo "## CPU seconds spent during each run"
+  echo
+  echo "| run | elapsed s | edge-api | auth | nats | bench | total | of $(nproc) cores × elapsed | sustained? |"
+  echo "|---|---:|---:|---:|---:|---:|---:|---:|---|"
+  printf '%s\n' "${ROWS_CPU[@]}"
+  echo
+  echo "*sustained?* = every request 2xx, achieved 2xx/s ≥ 97% of the target, p99 < 1 s."
+  echo
+  echo "## Commands"
+  echo
+  echo '```sh'
+  echo "RATE=$RATE DURATION=$DURATION LOGIN_RATE=$LOGIN_RATE LOGIN_DURATION=$LOGIN_DURATION LOGIN_SWEEP=\"$LOGIN_SWEEP\" SWEEP_DURATION=$SWEEP_DURATION LOGIN_OVER_RATE=$LOGIN_OVER_RATE OVER_DURATION=$OVER_DURATION SETTLE=$SETTLE bench/run.sh"
+  echo "# which ran (URL on a free port; BENCH_PASSWORD = the demo user's password from the data dir):"
+  printf '%s\n' "${COMMANDS[@]}"
+  echo '```'
+  echo
+  echo "## Raw JSON"
+  echo
+  echo '```json'
+  printf '%s\n' "${JSONS[@]}"
+  echo '```'
+} >"$OUT"
+
+log "wrote ${OUT#"$ROOT"/}"
+cat "$OUT"

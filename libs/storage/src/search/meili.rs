@@ -1,0 +1,1 @@
+//! Meilisearch adapter of the thread-search port (being written).

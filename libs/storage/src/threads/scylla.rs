@@ -1,0 +1,1 @@
+//! ScyllaDB adapter of the thread port (being written).
