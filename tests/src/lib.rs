@@ -150,6 +150,7 @@ pub fn test_settings(nats_url: &str, data_dir: &std::path::Path) -> Settings {
     s.edge.listen = "127.0.0.1:0".into();
     s.edge.ops_listen = "127.0.0.1:0".into();
     s.auth.ops_listen = "127.0.0.1:0".into();
+    s.thread.ops_listen = "127.0.0.1:0".into();
     s.auth.registration_enabled = Some(true);
     s.jwt.keys = vec![JwtKey {
         kid: "test-1".into(),
@@ -168,6 +169,11 @@ struct AuthNode {
     shutdown: CancellationToken,
 }
 
+struct ThreadNode {
+    running: polylogue_thread::Running,
+    shutdown: CancellationToken,
+}
+
 /// NATS + auth + one edge, all real, in this process.
 pub struct TestCluster {
     pub nats: NatsServer,
@@ -176,6 +182,7 @@ pub struct TestCluster {
     pub http: reqwest::Client,
     pub edge: polylogue_edge_api::Running,
     auth: Option<AuthNode>,
+    thread: Option<ThreadNode>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
     _dir: TempDir,
@@ -196,6 +203,7 @@ impl TestCluster {
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
         let auth = Self::start_auth(&settings, &tracker).await;
+        let thread = Self::start_thread(&settings, &tracker).await;
         let bus = Bus::connect(&settings.nats, "edge-api")
             .await
             .expect("edge connects");
@@ -209,6 +217,7 @@ impl TestCluster {
             nats,
             settings,
             auth: Some(auth),
+            thread: Some(thread),
             shutdown,
             tracker,
             _dir: dir,
@@ -228,6 +237,54 @@ impl TestCluster {
                 .await
                 .expect("auth starts");
         AuthNode { running, shutdown }
+    }
+
+    async fn start_thread(settings: &Settings, tracker: &TaskTracker) -> ThreadNode {
+        let bus = Bus::connect(&settings.nats, "thread")
+            .await
+            .expect("thread connects");
+        let store = polylogue_thread::open_store(settings)
+            .await
+            .expect("thread store opens");
+        let search = polylogue_thread::open_search(settings)
+            .await
+            .expect("search opens");
+        let shutdown = CancellationToken::new();
+        let running = polylogue_thread::start(
+            settings,
+            &bus,
+            store,
+            search,
+            shutdown.clone(),
+            tracker.clone(),
+        )
+        .await
+        .expect("thread starts");
+        ThreadNode { running, shutdown }
+    }
+
+    /// Stops the thread service.
+    pub async fn stop_thread(&mut self) {
+        if let Some(node) = self.thread.take() {
+            node.shutdown.cancel();
+            node.running.stop().await;
+        }
+    }
+
+    /// The running thread service, for tests that drive its internal API.
+    pub fn thread_service(
+        &self,
+    ) -> Option<std::sync::Arc<polylogue_thread::service::ThreadService>> {
+        self.thread
+            .as_ref()
+            .map(|n| std::sync::Arc::clone(&n.running.service))
+    }
+
+    /// A NATS client on the cluster's bus (for internal-API tests).
+    pub async fn bus(&self) -> Bus {
+        Bus::connect(&self.settings.nats, "test")
+            .await
+            .expect("test bus connects")
     }
 
     /// Stops the auth service (as if its pods were gone).
@@ -304,6 +361,31 @@ impl TestCluster {
             .expect("request sent")
     }
 
+    pub async fn send_json(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        cookies: &Cookies,
+        body: &serde_json::Value,
+    ) -> reqwest::Response {
+        self.http
+            .request(method, self.url(path))
+            .header("cookie", cookies.header())
+            .json(body)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    pub async fn delete_with(&self, path: &str, cookies: &Cookies) -> reqwest::Response {
+        self.http
+            .delete(self.url(path))
+            .header("cookie", cookies.header())
+            .send()
+            .await
+            .expect("request sent")
+    }
+
     pub async fn post_with(&self, path: &str, cookies: &Cookies) -> reqwest::Response {
         self.http
             .post(self.url(path))
@@ -318,6 +400,9 @@ impl Drop for TestCluster {
     fn drop(&mut self) {
         self.shutdown.cancel();
         if let Some(node) = &self.auth {
+            node.shutdown.cancel();
+        }
+        if let Some(node) = &self.thread {
             node.shutdown.cancel();
         }
     }

@@ -31,6 +31,8 @@ pub struct Settings {
     pub jwt: JwtSettings,
     pub edge: EdgeSettings,
     pub auth: AuthSettings,
+    pub thread: ThreadSettings,
+    pub catalog: CatalogSettings,
 }
 
 impl Default for Settings {
@@ -43,6 +45,8 @@ impl Default for Settings {
             jwt: JwtSettings::default(),
             edge: EdgeSettings::default(),
             auth: AuthSettings::default(),
+            thread: ThreadSettings::default(),
+            catalog: CatalogSettings::default(),
         }
     }
 }
@@ -198,6 +202,69 @@ impl Default for AuthSettings {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+pub struct ThreadSettings {
+    pub ops_listen: String,
+    pub store: StoreSettings,
+    pub search: SearchSettings,
+}
+
+impl Default for ThreadSettings {
+    fn default() -> Self {
+        Self {
+            ops_listen: "127.0.0.1:9182".into(),
+            store: StoreSettings::default(),
+            search: SearchSettings::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SearchSettings {
+    /// `sqlite` (FTS5, embedded default) or `meilisearch`.
+    pub engine: String,
+    /// FTS5 file; default `<data_dir>/thread-search.sqlite`.
+    pub sqlite_path: Option<PathBuf>,
+    pub meilisearch: MeiliSettings,
+}
+
+impl Default for SearchSettings {
+    fn default() -> Self {
+        Self {
+            engine: "sqlite".into(),
+            sqlite_path: None,
+            meilisearch: MeiliSettings::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MeiliSettings {
+    pub url: String,
+    pub api_key: Option<SecretString>,
+    pub index: String,
+}
+
+impl Default for MeiliSettings {
+    fn default() -> Self {
+        Self {
+            url: "http://127.0.0.1:7700".into(),
+            api_key: None,
+            index: "polylogue-threads".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CatalogSettings {
+    /// A TOML model catalog; default: the one shipped in `deploy/catalog/models.toml`.
+    pub path: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct StoreSettings {
     /// `sqlite` (embedded default) or `scylla`.
     pub engine: String,
@@ -309,12 +376,11 @@ impl Settings {
             .unwrap_or(!self.is_production())
     }
 
-    pub fn sqlite_path(&self, service: &str) -> PathBuf {
-        self.auth
-            .store
-            .sqlite_path
-            .clone()
-            .unwrap_or_else(|| self.data_dir.join(format!("{service}.sqlite")))
+    /// The SQLite file of a store: its configured path or `<data_dir>/<name>.sqlite`.
+    pub fn sqlite_file(&self, configured: Option<&PathBuf>, name: &str) -> PathBuf {
+        configured
+            .cloned()
+            .unwrap_or_else(|| self.data_dir.join(format!("{name}.sqlite")))
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -381,13 +447,23 @@ impl Settings {
         if a.max_concurrent == 0 {
             return invalid("auth.argon2.max_concurrent must be positive".into());
         }
-        match self.auth.store.engine.as_str() {
-            "sqlite" => {}
-            "scylla" if !self.auth.store.scylla.nodes.is_empty() => {}
-            "scylla" => return invalid("auth.store.scylla.nodes is empty".into()),
+        for (section, store) in [("auth", &self.auth.store), ("thread", &self.thread.store)] {
+            match store.engine.as_str() {
+                "sqlite" => {}
+                "scylla" if !store.scylla.nodes.is_empty() => {}
+                "scylla" => return invalid(format!("{section}.store.scylla.nodes is empty")),
+                other => {
+                    return invalid(format!(
+                        "{section}.store.engine must be sqlite or scylla, got {other:?}"
+                    ));
+                }
+            }
+        }
+        match self.thread.search.engine.as_str() {
+            "sqlite" | "meilisearch" => {}
             other => {
                 return invalid(format!(
-                    "auth.store.engine must be sqlite or scylla, got {other:?}"
+                    "thread.search.engine must be sqlite or meilisearch, got {other:?}"
                 ));
             }
         }

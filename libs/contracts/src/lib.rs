@@ -7,6 +7,7 @@ pub mod error;
 pub mod health;
 pub mod secret;
 pub mod subjects;
+pub mod threads;
 
 pub use error::{ApiError, ErrorCode};
 pub use secret::Secret;

@@ -5,6 +5,39 @@
 pub mod service {
     pub const AUTH: &str = "auth";
     pub const EDGE: &str = "edge-api";
+    pub const THREAD: &str = "thread";
+}
+
+/// Verbs of the thread service, relative to `<prefix>.thread`.
+pub mod thread {
+    pub const CREATE: &str = "create";
+    pub const LIST: &str = "list";
+    pub const GET: &str = "get";
+    pub const RENAME: &str = "rename";
+    pub const DELETE: &str = "delete";
+    pub const MESSAGES_LIST: &str = "messages.list";
+    pub const MESSAGES_APPEND: &str = "messages.append";
+    pub const MESSAGES_UPDATE: &str = "messages.update";
+    pub const HISTORY: &str = "history";
+    pub const SUMMARY_PUT: &str = "summary.put";
+    pub const HEALTH: &str = "health";
+}
+
+/// Domain events: `<prefix>.events.<kind>` on the `<prefix>-events` JetStream stream.
+pub mod events {
+    pub const THREAD_CREATED: &str = "thread.created";
+    pub const THREAD_RENAMED: &str = "thread.renamed";
+    pub const THREAD_DELETED: &str = "thread.deleted";
+    pub const MESSAGE_CREATED: &str = "message.created";
+    pub const SUMMARY_UPDATED: &str = "summary.updated";
+
+    pub fn subject(prefix: &str, kind: &str) -> String {
+        format!("{prefix}.events.{kind}")
+    }
+
+    pub fn stream(prefix: &str) -> String {
+        format!("{prefix}-events")
+    }
 }
 
 /// Verbs of the auth service, relative to `<prefix>.auth`.

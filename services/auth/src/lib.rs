@@ -41,7 +41,7 @@ pub async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn AuthStore
             ))
         }
         _ => {
-            let path = settings.sqlite_path("auth");
+            let path = settings.sqlite_file(settings.auth.store.sqlite_path.as_ref(), "auth");
             Ok(Arc::new(
                 SqliteAuthStore::open(&path)
                     .with_context(|| format!("opening {}", path.display()))?,

@@ -23,6 +23,7 @@ pub enum Body {
 pub struct Reply {
     pub status: StatusCode,
     pub data: Value,
+    pub pagination: Option<Value>,
     pub headers: Vec<(axum::http::HeaderName, axum::http::HeaderValue)>,
 }
 
@@ -35,8 +36,16 @@ impl Reply {
         Self {
             status,
             data: serde_json::to_value(data).unwrap_or(Value::Null),
+            pagination: None,
             headers: Vec::new(),
         }
+    }
+
+    /// A list reply: `data` plus the envelope's top-level `pagination`.
+    pub fn paged(data: impl Serialize, pagination: impl Serialize) -> Self {
+        let mut reply = Self::ok(data);
+        reply.pagination = serde_json::to_value(pagination).ok();
+        reply
     }
 
     pub fn header(mut self, name: axum::http::HeaderName, value: axum::http::HeaderValue) -> Self {
@@ -53,7 +62,7 @@ impl IntoResponse for Reply {
         }
         response.extensions_mut().insert(Body::Data {
             data: self.data,
-            pagination: None,
+            pagination: self.pagination,
         });
         response
     }

@@ -26,7 +26,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub fn router(state: Arc<EdgeState>, body_limit: usize) -> Router {
-    use routes::{auth, system};
+    use axum::routing::patch;
+    use routes::{auth, system, threads};
     Router::new()
         .route("/api/login", post(auth::login))
         .route("/api/logout", post(auth::logout))
@@ -34,6 +35,16 @@ pub fn router(state: Arc<EdgeState>, body_limit: usize) -> Router {
         .route("/api/auth/refresh", post(auth::refresh))
         .route("/api/health", get(system::health))
         .route("/api/version", get(system::version))
+        .route("/api/threads", get(threads::list).post(threads::create))
+        .route(
+            "/api/threads/{threadId}",
+            get(threads::get).delete(threads::delete),
+        )
+        .route("/api/threads/{threadId}/title", patch(threads::rename))
+        .route(
+            "/api/threads/{threadId}/models/{modelId}/messages",
+            get(threads::messages),
+        )
         .fallback(|| async { axum::http::StatusCode::NOT_FOUND })
         .method_not_allowed_fallback(|| async { axum::http::StatusCode::METHOD_NOT_ALLOWED })
         .layer(axum::middleware::from_fn_with_state(

@@ -10,6 +10,7 @@ mod envelope;
 mod health;
 mod lifecycle;
 mod rate_limits;
+mod threads;
 mod tokens;
 
 use serde_json::Value;

@@ -1,5 +1,6 @@
 pub mod auth;
 pub mod system;
+pub mod threads;
 
 use crate::envelope::EdgeError;
 use crate::middleware::Auth;

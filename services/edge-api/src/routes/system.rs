@@ -8,14 +8,15 @@ use axum::Extension;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use polylogue_contracts::health::DependencyHealth;
-use polylogue_contracts::subjects::{auth as auth_verbs, service};
+use polylogue_contracts::subjects::service;
 use polylogue_contracts::{ApiError, ErrorCode};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Services whose NATS presence health reports. Grows as services land.
-const SERVICES: &[&str] = &[service::AUTH];
+/// Services whose NATS presence health reports, and which of them own a database (asked through
+/// their `health` verb). Grows as services land.
+const SERVICES: &[&str] = &[service::AUTH, service::THREAD];
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
@@ -56,28 +57,46 @@ pub async fn health(
             },
         );
     }
-    let database: DependencyHealth = if nats_ok {
-        let ctx = bus_context(&meta, &headers);
-        match tokio::time::timeout(
-            probe,
-            state.bus.request::<_, DependencyHealth>(
-                service::AUTH,
-                auth_verbs::HEALTH,
-                &ctx,
-                &json!({}),
-            ),
-        )
-        .await
-        {
-            Ok(Ok(h)) => h,
-            Ok(Err(e)) => unknown_db(&e.message),
-            Err(_) => unknown_db("the auth service did not answer in time"),
+    // Each owner reports its own store; `database` is their combination (healthy only if all are).
+    let mut owners = serde_json::Map::new();
+    let mut db_ok = true;
+    let mut db_latency = 0;
+    let mut providers = Vec::new();
+    for name in SERVICES {
+        let h = if nats_ok {
+            let ctx = bus_context(&meta, &headers);
+            match tokio::time::timeout(
+                probe,
+                state
+                    .bus
+                    .request::<_, DependencyHealth>(name, "health", &ctx, &json!({})),
+            )
+            .await
+            {
+                Ok(Ok(h)) => h,
+                Ok(Err(e)) => unknown_db(&e.message),
+                Err(_) => unknown_db("the owning service did not answer in time"),
+            }
+        } else {
+            unknown_db("NATS is down")
+        };
+        db_ok &= h.status == "healthy";
+        db_latency = db_latency.max(h.latency);
+        if !providers.contains(&h.provider) {
+            providers.push(h.provider.clone());
         }
-    } else {
-        unknown_db("NATS is down")
-    };
-    all_ok &= database.status == "healthy";
-    services.insert("database".into(), json!(database));
+        owners.insert((*name).into(), json!(h));
+    }
+    all_ok &= db_ok;
+    services.insert(
+        "database".into(),
+        json!({
+            "status": if db_ok { "healthy" } else { "unhealthy" },
+            "provider": providers.join(","),
+            "latency": db_latency,
+            "owners": owners,
+        }),
+    );
     let status = match (nats_ok, all_ok) {
         (_, true) => "healthy",
         (true, false) => "degraded",
