@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Runs the whole system on this machine with embedded defaults: NATS (JetStream), the auth service
-# and the edge API, plus a demo user. Installs what is missing, runs in the foreground and stops
-# everything it started on Ctrl-C / SIGTERM.
+# Runs the whole system on this machine with embedded defaults: NATS (JetStream), the auth and
+# thread services and the edge API, plus a demo user. Installs what is missing, runs in the
+# foreground and stops everything it started on Ctrl-C / SIGTERM.
 #
 # Environment (all optional):
 #   POLYLOGUE_HTTP_PORT        edge HTTP port                  (8080)
@@ -9,6 +9,7 @@
 #   POLYLOGUE_NATS_HTTP_PORT   NATS monitoring port            (8222)
 #   POLYLOGUE_EDGE_OPS_PORT    edge /metrics + /healthz        (9180)
 #   POLYLOGUE_AUTH_OPS_PORT    auth /metrics + /healthz        (9181)
+#   POLYLOGUE_THREAD_OPS_PORT  thread /metrics + /healthz      (9182)
 #   POLYLOGUE_DATA_DIR         databases, NATS store, config   (.data)
 #   POLYLOGUE_PROFILE          cargo profile: release | dev    (release)
 #   POLYLOGUE_DEMO_USER        demo username                   (demo@polylogue.local)
@@ -21,6 +22,7 @@ NATS_PORT="${POLYLOGUE_NATS_PORT:-4222}"
 NATS_HTTP_PORT="${POLYLOGUE_NATS_HTTP_PORT:-8222}"
 EDGE_OPS_PORT="${POLYLOGUE_EDGE_OPS_PORT:-9180}"
 AUTH_OPS_PORT="${POLYLOGUE_AUTH_OPS_PORT:-9181}"
+THREAD_OPS_PORT="${POLYLOGUE_THREAD_OPS_PORT:-9182}"
 DATA_DIR="$(mkdir -p "${POLYLOGUE_DATA_DIR:-$ROOT/.data}" && cd "${POLYLOGUE_DATA_DIR:-$ROOT/.data}" && pwd)"
 PROFILE="${POLYLOGUE_PROFILE:-release}"
 DEMO_USER="${POLYLOGUE_DEMO_USER:-demo@polylogue.local}"
@@ -62,6 +64,7 @@ export POLYLOGUE__NATS__URL="nats://127.0.0.1:$NATS_PORT"
 export POLYLOGUE__EDGE__LISTEN="127.0.0.1:$HTTP_PORT"
 export POLYLOGUE__EDGE__OPS_LISTEN="127.0.0.1:$EDGE_OPS_PORT"
 export POLYLOGUE__AUTH__OPS_LISTEN="127.0.0.1:$AUTH_OPS_PORT"
+export POLYLOGUE__THREAD__OPS_LISTEN="127.0.0.1:$THREAD_OPS_PORT"
 export POLYLOGUE__TELEMETRY__LOG_FORMAT="${POLYLOGUE__TELEMETRY__LOG_FORMAT:-pretty}"
 
 PIDS=()
@@ -92,6 +95,11 @@ log "starting auth"
 PIDS+=($!)
 wait_http "http://127.0.0.1:$AUTH_OPS_PORT/healthz" 60
 
+log "starting thread"
+"$BIN/polylogue-thread" 2> >(tee -a "$DATA_DIR/logs/thread.log" >&2) &
+PIDS+=($!)
+wait_http "http://127.0.0.1:$THREAD_OPS_PORT/healthz" 60
+
 log "starting edge-api on 127.0.0.1:$HTTP_PORT"
 "$BIN/polylogue-edge-api" 2> >(tee -a "$DATA_DIR/logs/edge-api.log" >&2) &
 PIDS+=($!)
@@ -112,7 +120,7 @@ cat <<INFO
   curl -b jar http://127.0.0.1:$HTTP_PORT/api/version
   curl -b jar -X POST http://127.0.0.1:$HTTP_PORT/api/logout
 
-  metrics: http://127.0.0.1:$EDGE_OPS_PORT/metrics  http://127.0.0.1:$AUTH_OPS_PORT/metrics
+  metrics: http://127.0.0.1:$EDGE_OPS_PORT/metrics  http://127.0.0.1:$AUTH_OPS_PORT/metrics  http://127.0.0.1:$THREAD_OPS_PORT/metrics
   logs:    $DATA_DIR/logs        Ctrl-C stops everything.
 
 INFO

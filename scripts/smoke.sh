@@ -16,10 +16,15 @@ cp "$JAR" "$OLD"
 body=$(curl -sf -b "$JAR" "$BASE/api/version") || fail "version refused with the session cookie"
 echo "$body" | grep -q '"success":true' || fail "version body: $body"
 echo "$body" | grep -q '"commit"' || fail "version body: $body"
+body=$(curl -sf -b "$JAR" -H 'content-type: application/json' -d '{"title":"Smoke test thread"}' "$BASE/api/threads") \
+  || fail "creating a thread failed"
+echo "$body" | grep -q '"title":"Smoke test thread"' || fail "thread body: $body"
+body=$(curl -sf -b "$JAR" "$BASE/api/threads") || fail "listing threads failed"
+echo "$body" | grep -q '"totalCount"' || fail "thread list body: $body"
 code=$(status -b "$JAR" -c "$JAR" -X POST "$BASE/api/logout")
 [ "$code" = 200 ] || fail "logout answered $code"
 code=$(status -b "$OLD" "$BASE/api/version")
 [ "$code" = 401 ] || fail "the old cookie still works after logout ($code)"
 code=$(status "$BASE/api/nope")
 [ "$code" = 404 ] || fail "unknown route answered $code"
-echo "smoke: login → version → logout → old cookie refused: ok"
+echo "smoke: login → version → thread → logout → old cookie refused: ok"

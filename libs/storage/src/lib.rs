@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod contract;
 mod error;
+mod scylla_common;
 pub mod search;
 mod sqlite_common;
 pub mod threads;

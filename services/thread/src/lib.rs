@@ -51,13 +51,36 @@ pub async fn open_search(settings: &Settings) -> anyhow::Result<Arc<dyn ThreadSe
     }
 }
 
-// PENDING-ADAPTERS: replaced when the ScyllaDB and Meilisearch adapters land.
-async fn scylla_store(_settings: &Settings) -> anyhow::Result<Arc<dyn ThreadStore>> {
-    anyhow::bail!("the ScyllaDB thread store is not available in this build")
+async fn scylla_store(settings: &Settings) -> anyhow::Result<Arc<dyn ThreadStore>> {
+    let s = &settings.thread.store.scylla;
+    let config = polylogue_storage::auth::scylla::ScyllaConfig {
+        nodes: s.nodes.clone(),
+        keyspace: s.keyspace.clone(),
+        replication_factor: s.replication_factor,
+        username: s.username.clone(),
+        password: s.password.as_ref().map(|p| p.expose_secret().to_owned()),
+    };
+    Ok(Arc::new(
+        polylogue_storage::threads::scylla::ScyllaThreadStore::connect(&config)
+            .await
+            .context("connecting to ScyllaDB")?,
+    ))
 }
 
-async fn meili_search(_settings: &Settings) -> anyhow::Result<Arc<dyn ThreadSearch>> {
-    anyhow::bail!("the Meilisearch adapter is not available in this build")
+async fn meili_search(settings: &Settings) -> anyhow::Result<Arc<dyn ThreadSearch>> {
+    let m = &settings.thread.search.meilisearch;
+    let config = polylogue_storage::search::meili::MeiliConfig {
+        url: m.url.clone(),
+        api_key: m.api_key.as_ref().map(|k| k.expose_secret().to_owned()),
+        index: m.index.clone(),
+        // The indexer is asynchronous anyway; the adapter's watcher reports failed tasks.
+        wait_for_tasks: false,
+    };
+    Ok(Arc::new(
+        polylogue_storage::search::meili::MeiliThreadSearch::connect(&config)
+            .await
+            .context("connecting to Meilisearch")?,
+    ))
 }
 
 pub struct Running {

@@ -5,32 +5,23 @@
 
 use super::{AuthStore, ConsumeOutcome, RefreshTokenRecord, SessionRecord, UserRecord};
 use crate::StoreError;
+use crate::scylla_common::{self, Cql, LWT_ATTEMPTS, Migration, Mode};
 use async_trait::async_trait;
 use scylla::DeserializeRow;
-use scylla::client::session::Session;
-use scylla::client::session_builder::SessionBuilder;
-use scylla::errors::{DbError, ExecutionError, RequestAttemptError};
-use scylla::response::query_result::QueryResult;
-use scylla::serialize::row::SerializeRow;
 use scylla::statement::prepared::PreparedStatement;
-use scylla::statement::{Consistency, SerialConsistency};
-use scylla::value::{CqlValue, MaybeUnset, Row};
+use scylla::value::MaybeUnset;
 use time::{Duration, OffsetDateTime};
 use uuid::Uuid;
 
-/// Versioned schema files, applied in order and recorded in `schema_migrations`.
-const MIGRATIONS: &[(i32, &str, &str)] = &[(
+pub use crate::scylla_common::ScyllaConfig;
+
+/// Versioned schema files, applied in order and recorded in `schema_migrations`. The auth store
+/// applies only its own files (see `scylla_common::Migration`).
+const MIGRATIONS: &[Migration] = &[(
     1,
     "0001_auth",
     include_str!("../../migrations/scylla/0001_auth.cql"),
 )];
-
-/// The migration ledger cannot live in a migration: it must exist before we can ask what ran.
-const MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (
-    version int PRIMARY KEY,
-    name text,
-    applied_at timestamp
-)";
 
 /// Sessions and tokens outlive `expires_at` by this much before their TTL removes them, so a
 /// late replay is still reported as `Reused`/`Dead` instead of `Unknown`, and clock skew between
@@ -45,25 +36,8 @@ const REWRITE_SLACK: Duration = Duration::hours(1);
 /// CQL's ceiling for `USING TTL` (20 years).
 const MAX_TTL_SECS: i64 = 630_720_000;
 
-/// Tries of a conditional write whose outcome a timeout left unknown.
-const LWT_ATTEMPTS: usize = 3;
-
-/// Scylla's keyspace name limit; also keeps the name a plain identifier we may splice into DDL.
-const MAX_KEYSPACE_LEN: usize = 48;
-
-/// Connection settings for the ScyllaDB adapter.
-#[derive(Clone)]
-pub struct ScyllaConfig {
-    /// `host:port` contact points.
-    pub nodes: Vec<String>,
-    pub keyspace: String,
-    pub replication_factor: u32,
-    pub username: Option<String>,
-    pub password: Option<String>,
-}
-
 pub struct ScyllaAuthStore {
-    session: Session,
+    cql: Cql,
     st: Statements,
 }
 
@@ -85,11 +59,11 @@ struct Statements {
 }
 
 impl Statements {
-    async fn prepare(session: &Session, ks: &str) -> Result<Self, StoreError> {
-        let read = |cql: String| prepare(session, cql, Mode::Read);
-        let serial_read = |cql: String| prepare(session, cql, Mode::SerialRead);
-        let write = |cql: String| prepare(session, cql, Mode::Write);
-        let lwt = |cql: String| prepare(session, cql, Mode::Lwt);
+    async fn prepare(cql: &Cql, ks: &str) -> Result<Self, StoreError> {
+        let read = |stmt: String| cql.prepare(stmt, Mode::Read);
+        let serial_read = |stmt: String| cql.prepare(stmt, Mode::SerialRead);
+        let write = |stmt: String| cql.prepare(stmt, Mode::Write);
+        let lwt = |stmt: String| cql.prepare(stmt, Mode::Lwt);
         Ok(Self {
             ping: read("SELECT key FROM system.local WHERE key = 'local'".into()).await?,
             claim_username: lwt(format!(
@@ -158,133 +132,13 @@ impl Statements {
 const TOKEN_COLS: &str =
     "token_hash, session_id, user_id, issued_at, expires_at, used_at, consumed_by";
 
-#[derive(Clone, Copy)]
-enum Mode {
-    Read,
-    /// A Paxos read: sees every committed and in-flight conditional write.
-    SerialRead,
-    Write,
-    Lwt,
-}
-
-async fn prepare(
-    session: &Session,
-    cql: String,
-    mode: Mode,
-) -> Result<PreparedStatement, StoreError> {
-    let mut stmt = session
-        .prepare(cql)
-        .await
-        .map_err(|e| StoreError::Unavailable(format!("preparing a statement: {e}")))?;
-    match mode {
-        Mode::Read | Mode::Write => stmt.set_consistency(Consistency::LocalQuorum),
-        Mode::SerialRead => stmt.set_consistency(Consistency::Serial),
-        Mode::Lwt => {
-            // SERIAL, not the driver's LOCAL_SERIAL default: a name or a token must be won once
-            // across every datacenter, not once per datacenter. LOCAL_QUORUM is the commit
-            // (learn) level, which is what makes the following LOCAL_QUORUM reads see the write.
-            stmt.set_serial_consistency(Some(SerialConsistency::Serial));
-            stmt.set_consistency(Consistency::LocalQuorum);
-        }
-    }
-    Ok(stmt)
-}
-
 impl ScyllaAuthStore {
     /// Connects, creates the keyspace if it is missing, applies pending migrations and prepares
     /// every statement.
     pub async fn connect(config: &ScyllaConfig) -> Result<Self, StoreError> {
-        let keyspace = keyspace_name(&config.keyspace)?;
-        if config.nodes.is_empty() {
-            return Err(StoreError::Unavailable(
-                "no ScyllaDB nodes configured".into(),
-            ));
-        }
-        if config.replication_factor == 0 {
-            return Err(StoreError::Unavailable(
-                "the ScyllaDB replication factor must be at least 1".into(),
-            ));
-        }
-        let mut builder = SessionBuilder::new().known_nodes(&config.nodes);
-        match (&config.username, &config.password) {
-            (Some(user), Some(password)) => builder = builder.user(user, password),
-            (None, None) => {}
-            _ => {
-                return Err(StoreError::Unavailable(
-                    "ScyllaDB username and password must be set together".into(),
-                ));
-            }
-        }
-        let session = builder
-            .build()
-            .await
-            .map_err(|e| StoreError::Unavailable(format!("cannot connect to ScyllaDB: {e}")))?;
-        create_keyspace(&session, &keyspace, config.replication_factor).await?;
-        session
-            .use_keyspace(keyspace.as_str(), false)
-            .await
-            .map_err(|e| StoreError::Unavailable(format!("cannot use keyspace {keyspace}: {e}")))?;
-        migrate(&session).await?;
-        let st = Statements::prepare(&session, &keyspace).await?;
-        Ok(Self { session, st })
-    }
-
-    async fn run(
-        &self,
-        stmt: &PreparedStatement,
-        values: impl SerializeRow,
-    ) -> Result<QueryResult, StoreError> {
-        self.session
-            .execute_unpaged(stmt, values)
-            .await
-            .map_err(unavailable)
-    }
-
-    /// Runs a single-partition SELECT and decodes its row, if any.
-    async fn fetch<R>(
-        &self,
-        stmt: &PreparedStatement,
-        values: impl SerializeRow,
-    ) -> Result<Option<R>, StoreError>
-    where
-        R: for<'f, 'm> scylla::deserialize::row::DeserializeRow<'f, 'm>,
-    {
-        let rows = self
-            .run(stmt, values)
-            .await?
-            .into_rows_result()
-            .map_err(corrupt)?;
-        rows.maybe_first_row::<R>().map_err(corrupt)
-    }
-
-    /// Runs a conditional write. `Ok(None)` means its outcome is unknown: Paxos may still have
-    /// committed it after a timeout, so the caller must read back before deciding anything.
-    async fn lwt(
-        &self,
-        stmt: &PreparedStatement,
-        values: impl SerializeRow,
-    ) -> Result<Option<LwtOutcome>, StoreError> {
-        let result = match self.session.execute_unpaged(stmt, values).await {
-            Ok(result) => result,
-            Err(e) if outcome_unknown(&e) => {
-                tracing::warn!(error = %e, "conditional write timed out; reading back its outcome");
-                return Ok(None);
-            }
-            Err(e) => return Err(unavailable(e)),
-        };
-        let rows = result.into_rows_result().map_err(corrupt)?;
-        let names = rows
-            .column_specs()
-            .iter()
-            .map(|spec| spec.name().to_owned())
-            .collect();
-        let row = rows
-            .maybe_first_row::<Row>()
-            .map_err(corrupt)?
-            .ok_or_else(|| {
-                StoreError::Corrupt("a conditional write answered without a row".into())
-            })?;
-        LwtOutcome::parse(names, row).map(Some)
+        let (cql, keyspace) = scylla_common::connect(config, MIGRATIONS).await?;
+        let st = Statements::prepare(&cql, &keyspace).await?;
+        Ok(Self { cql, st })
     }
 
     /// Claims the username for `user.id`: `Ok` once the claim is ours (also when an earlier,
@@ -292,6 +146,7 @@ impl ScyllaAuthStore {
     async fn claim_username(&self, user: &UserRecord) -> Result<(), StoreError> {
         for _ in 0..LWT_ATTEMPTS {
             let owner = match self
+                .cql
                 .lwt(&self.st.claim_username, (&user.username, user.id))
                 .await?
             {
@@ -300,6 +155,7 @@ impl ScyllaAuthStore {
                     StoreError::Corrupt("a username claim without an owner".into())
                 })?),
                 None => self
+                    .cql
                     .fetch::<(Uuid,)>(&self.st.username_owner_serial, (&user.username,))
                     .await?
                     .map(|(id,)| id),
@@ -318,6 +174,7 @@ impl ScyllaAuthStore {
 
     async fn load_session(&self, id: Uuid) -> Result<Option<SessionRecord>, StoreError> {
         Ok(self
+            .cql
             .fetch::<SessionRow>(&self.st.session_by_id, (id,))
             .await?
             .map(SessionRecord::from))
@@ -345,9 +202,10 @@ impl ScyllaAuthStore {
                 me,
                 &token.token_hash,
             );
-            let won = match self.lwt(&self.st.spend_token, values).await? {
+            let won = match self.cql.lwt(&self.st.spend_token, values).await? {
                 Some(outcome) => outcome.applied,
                 None => match self
+                    .cql
                     .fetch::<TokenRow>(&self.st.token_by_hash_serial, (&token.token_hash,))
                     .await?
                 {
@@ -376,7 +234,7 @@ impl AuthStore for ScyllaAuthStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        self.run(&self.st.ping, ()).await.map(|_| ())
+        self.cql.run(&self.st.ping, ()).await.map(|_| ())
     }
 
     async fn create_user(&self, user: &UserRecord) -> Result<(), StoreError> {
@@ -384,22 +242,24 @@ impl AuthStore for ScyllaAuthStore {
         // leaves nothing readable. A crash in between leaves a claimed name without a user:
         // lookups by name then find nothing, and a retry with the same record completes it.
         self.claim_username(user).await?;
-        self.run(
-            &self.st.insert_user,
-            (
-                user.id,
-                &user.username,
-                &user.display_name,
-                &user.password_hash,
-                user.created_at,
-            ),
-        )
-        .await
-        .map(|_| ())
+        self.cql
+            .run(
+                &self.st.insert_user,
+                (
+                    user.id,
+                    &user.username,
+                    &user.display_name,
+                    &user.password_hash,
+                    user.created_at,
+                ),
+            )
+            .await
+            .map(|_| ())
     }
 
     async fn user_by_username(&self, username: &str) -> Result<Option<UserRecord>, StoreError> {
         let Some((id,)) = self
+            .cql
             .fetch::<(Uuid,)>(&self.st.username_owner, (username,))
             .await?
         else {
@@ -415,6 +275,7 @@ impl AuthStore for ScyllaAuthStore {
 
     async fn user_by_id(&self, id: Uuid) -> Result<Option<UserRecord>, StoreError> {
         Ok(self
+            .cql
             .fetch::<UserRow>(&self.st.user_by_id, (id,))
             .await?
             .map(UserRecord::from))
@@ -430,7 +291,7 @@ impl AuthStore for ScyllaAuthStore {
             MaybeUnset::from_option(session.revoked_at),
             ttl_secs(session.expires_at, RETENTION),
         );
-        match self.lwt(&self.st.insert_session, values).await? {
+        match self.cql.lwt(&self.st.insert_session, values).await? {
             Some(outcome) if outcome.applied => Ok(()),
             // A retry of our own earlier insert, not a clash of random ids.
             Some(outcome) if outcome.uuid("user_id")? == Some(session.user_id) => Ok(()),
@@ -469,7 +330,7 @@ impl AuthStore for ScyllaAuthStore {
             at,
             id,
         );
-        let revoked_at = match self.lwt(&self.st.revoke_session, values).await? {
+        let revoked_at = match self.cql.lwt(&self.st.revoke_session, values).await? {
             Some(outcome) if outcome.applied => at,
             // Someone revoked first; the transaction reports the time that stands.
             Some(outcome) => outcome.timestamp("revoked_at")?.ok_or_else(|| {
@@ -498,7 +359,7 @@ impl AuthStore for ScyllaAuthStore {
             token.expires_at,
             ttl_secs(token.expires_at, RETENTION),
         );
-        match self.lwt(&self.st.insert_token, values).await? {
+        match self.cql.lwt(&self.st.insert_token, values).await? {
             Some(outcome) if outcome.applied => Ok(()),
             Some(outcome) if outcome.uuid("session_id")? == Some(token.session_id) => Ok(()),
             Some(_) => Err(StoreError::Conflict(
@@ -516,6 +377,7 @@ impl AuthStore for ScyllaAuthStore {
         now: OffsetDateTime,
     ) -> Result<ConsumeOutcome, StoreError> {
         let Some(row) = self
+            .cql
             .fetch::<TokenRow>(&self.st.token_by_hash, (token_hash,))
             .await?
         else {
@@ -542,6 +404,7 @@ impl AuthStore for ScyllaAuthStore {
         token_hash: &str,
     ) -> Result<Option<RefreshTokenRecord>, StoreError> {
         Ok(self
+            .cql
             .fetch::<TokenRow>(&self.st.token_by_hash, (token_hash,))
             .await?
             .map(RefreshTokenRecord::from))
@@ -613,159 +476,6 @@ impl From<TokenRow> for RefreshTokenRecord {
     }
 }
 
-/// The row a conditional write answers with. Its columns differ between engines and outcomes
-/// (Scylla: `[applied]`, the key and the condition's columns, always; Cassandra: only `[applied]`
-/// when applied), so it is read by column name, never by a fixed row type.
-#[derive(Debug)]
-struct LwtOutcome {
-    applied: bool,
-    columns: Vec<(String, Option<CqlValue>)>,
-}
-
-impl LwtOutcome {
-    fn parse(names: Vec<String>, row: Row) -> Result<Self, StoreError> {
-        if names.len() != row.columns.len() {
-            return Err(StoreError::Corrupt(
-                "a conditional write answered with mismatched columns".into(),
-            ));
-        }
-        let columns: Vec<_> = names.into_iter().zip(row.columns).collect();
-        let applied = match columns.iter().find(|(name, _)| name == "[applied]") {
-            Some((_, Some(CqlValue::Boolean(applied)))) => *applied,
-            _ => {
-                return Err(StoreError::Corrupt(
-                    "a conditional write answered without [applied]".into(),
-                ));
-            }
-        };
-        Ok(Self { applied, columns })
-    }
-
-    fn value(&self, name: &str) -> Option<&CqlValue> {
-        self.columns
-            .iter()
-            .find(|(n, _)| n == name)
-            .and_then(|(_, v)| v.as_ref())
-    }
-
-    fn uuid(&self, name: &str) -> Result<Option<Uuid>, StoreError> {
-        self.value(name)
-            .map(|v| {
-                v.as_uuid()
-                    .ok_or_else(|| StoreError::Corrupt(format!("column {name} is not a uuid")))
-            })
-            .transpose()
-    }
-
-    fn timestamp(&self, name: &str) -> Result<Option<OffsetDateTime>, StoreError> {
-        self.value(name)
-            .map(|v| {
-                let ms = v.as_cql_timestamp().ok_or_else(|| {
-                    StoreError::Corrupt(format!("column {name} is not a timestamp"))
-                })?;
-                OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms.0) * 1_000_000)
-                    .map_err(corrupt)
-            })
-            .transpose()
-    }
-}
-
-/// Creates the keyspace on vnodes where the server lets us choose, because Scylla 6.0–2025.3
-/// refuse lightweight transactions on tablet keyspaces, their default. Servers that refuse the
-/// `tablets` option (pre-tablets releases, clusters enforcing tablets) get the plain statement.
-async fn create_keyspace(session: &Session, keyspace: &str, rf: u32) -> Result<(), StoreError> {
-    let base = format!(
-        "CREATE KEYSPACE IF NOT EXISTS {keyspace} WITH replication = \
-         {{'class': 'NetworkTopologyStrategy', 'replication_factor': {rf}}}"
-    );
-    match session
-        .query_unpaged(format!("{base} AND tablets = {{'enabled': false}}"), ())
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(e) if statement_refused(&e) => {
-            tracing::info!(error = %e, "keyspace option `tablets` refused; creating with server defaults");
-            session
-                .query_unpaged(base, ())
-                .await
-                .map(|_| ())
-                .map_err(unavailable)
-        }
-        Err(e) => Err(unavailable(e)),
-    }
-}
-
-/// Applies every migration not yet recorded. DDL is `IF NOT EXISTS`, so a crash between a file
-/// and its record only re-runs harmless statements; the driver awaits schema agreement after each.
-async fn migrate(session: &Session) -> Result<(), StoreError> {
-    session
-        .query_unpaged(MIGRATIONS_TABLE, ())
-        .await
-        .map_err(unavailable)?;
-    let rows = session
-        .query_unpaged("SELECT version FROM schema_migrations", ())
-        .await
-        .map_err(unavailable)?
-        .into_rows_result()
-        .map_err(corrupt)?;
-    let applied = rows
-        .rows::<(i32,)>()
-        .map_err(corrupt)?
-        .map(|row| row.map(|(v,)| v))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(corrupt)?;
-    for &(version, name, cql) in MIGRATIONS {
-        if applied.contains(&version) {
-            continue;
-        }
-        for statement in split_statements(cql) {
-            session
-                .query_unpaged(statement, ())
-                .await
-                .map_err(|e| StoreError::Unavailable(format!("migration {name}: {e}")))?;
-        }
-        session
-            .query_unpaged(
-                "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
-                (version, name, OffsetDateTime::now_utc()),
-            )
-            .await
-            .map_err(unavailable)?;
-        tracing::info!(version, name, "applied ScyllaDB migration");
-    }
-    Ok(())
-}
-
-/// Splits a migration file into statements: `--` comments dropped, then split on `;`.
-fn split_statements(cql: &str) -> Vec<String> {
-    let code: String = cql
-        .lines()
-        .map(|line| line.split_once("--").map_or(line, |(code, _)| code))
-        .collect::<Vec<_>>()
-        .join("\n");
-    code.split(';')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
-        .collect()
-}
-
-/// Keyspace names are spliced into DDL and statements, so only plain identifiers are accepted;
-/// lower-cased because CQL folds unquoted names and the driver's `USE` must agree.
-fn keyspace_name(name: &str) -> Result<String, StoreError> {
-    let valid = name.len() <= MAX_KEYSPACE_LEN
-        && name.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-    if valid {
-        Ok(name.to_ascii_lowercase())
-    } else {
-        Err(StoreError::Unavailable(format!(
-            "invalid ScyllaDB keyspace name {name:?}: want a letter, then letters, digits or _, \
-             at most {MAX_KEYSPACE_LEN} in all"
-        )))
-    }
-}
-
 /// `USING TTL` seconds that keep a row until `keep` after `expires_at`, measured on this host's
 /// clock (the caller's `now` may be synthetic). Rounded up, and kept within what CQL accepts: 0
 /// would mean "never expire", so a row already past its time still gets 1.
@@ -782,40 +492,11 @@ fn ttl_between(now: OffsetDateTime, until: Option<OffsetDateTime>) -> i32 {
     i32::try_from(secs.clamp(1, MAX_TTL_SECS)).unwrap_or(i32::MAX)
 }
 
-/// Errors after which a conditional write may or may not have been committed.
-fn outcome_unknown(e: &ExecutionError) -> bool {
-    matches!(
-        e,
-        ExecutionError::RequestTimeout(_)
-            | ExecutionError::LastAttemptError(
-                RequestAttemptError::BrokenConnectionError(_)
-                    | RequestAttemptError::DbError(DbError::WriteTimeout { .. }, _)
-            )
-    )
-}
-
-/// The server understood the request and refused it (as opposed to being unreachable).
-fn statement_refused(e: &ExecutionError) -> bool {
-    matches!(
-        e,
-        ExecutionError::LastAttemptError(RequestAttemptError::DbError(
-            DbError::SyntaxError | DbError::Invalid | DbError::ConfigError,
-            _
-        ))
-    )
-}
-
-fn unavailable(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Unavailable(e.to_string())
-}
-
-fn corrupt(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Corrupt(e.to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scylla_common::{LwtOutcome, keyspace_name, split_statements};
+    use scylla::value::{CqlValue, Row};
 
     #[test]
     fn the_migration_splits_into_its_create_statements() {
