@@ -63,6 +63,13 @@ const MIGRATIONS: &[&str] = &[
      CREATE UNIQUE INDEX messages_by_id ON messages(id);
      CREATE UNIQUE INDEX messages_by_idempotency_key
         ON messages(thread_id, model_id, idempotency_key) WHERE idempotency_key IS NOT NULL;",
+    // v2: per-owner thread counts, so `totalCount` costs one row instead of an index scan.
+    "CREATE TABLE owner_counts (
+        owner_id TEXT PRIMARY KEY NOT NULL,
+        threads INTEGER NOT NULL
+     ) WITHOUT ROWID;
+     INSERT INTO owner_counts (owner_id, threads)
+        SELECT owner_id, COUNT(*) FROM threads GROUP BY owner_id;",
 ];
 
 #[derive(Clone)]
@@ -302,7 +309,8 @@ impl ThreadStore for SqliteThreadStore {
         let t = t.clone();
         self.db
             .with(move |c| {
-                c.execute(
+                let tx = c.transaction().map_err(unavailable)?;
+                tx.execute(
                     "INSERT INTO threads (id, owner_id, title, created_at, updated_at, message_count)
                      VALUES (?1, ?2, ?3, ?4, ?5, 0)",
                     params![
@@ -313,7 +321,6 @@ impl ThreadStore for SqliteThreadStore {
                         ts(t.updated_at)
                     ],
                 )
-                .map(|_| ())
                 .map_err(|e| match e {
                     rusqlite::Error::SqliteFailure(f, _)
                         if f.code == rusqlite::ErrorCode::ConstraintViolation =>
@@ -321,7 +328,14 @@ impl ThreadStore for SqliteThreadStore {
                         StoreError::Conflict("thread id exists".into())
                     }
                     e => unavailable(e),
-                })
+                })?;
+                tx.execute(
+                    "INSERT INTO owner_counts (owner_id, threads) VALUES (?1, 1)
+                     ON CONFLICT (owner_id) DO UPDATE SET threads = threads + 1",
+                    [t.owner_id.to_string()],
+                )
+                .map_err(unavailable)?;
+                tx.commit().map_err(unavailable)
             })
             .await
     }
@@ -413,11 +427,12 @@ impl ThreadStore for SqliteThreadStore {
         self.db
             .with(move |c| {
                 c.query_row(
-                    "SELECT COUNT(*) FROM threads WHERE owner_id = ?1",
+                    "SELECT threads FROM owner_counts WHERE owner_id = ?1",
                     [owner.to_string()],
                     |r| r.get::<_, i64>(0),
                 )
-                .map(count)
+                .optional()
+                .map(|n| n.map(count).unwrap_or(0))
                 .map_err(unavailable)
             })
             .await
@@ -461,6 +476,11 @@ impl ThreadStore for SqliteThreadStore {
                 tx.execute(
                     "DELETE FROM threads WHERE id = ?1 AND owner_id = ?2",
                     params![id.to_string(), owner.to_string()],
+                )
+                .map_err(unavailable)?;
+                tx.execute(
+                    "UPDATE owner_counts SET threads = MAX(threads - 1, 0) WHERE owner_id = ?1",
+                    [owner.to_string()],
                 )
                 .map_err(unavailable)?;
                 tx.commit().map_err(unavailable)?;
