@@ -1,8 +1,8 @@
 # syntax=docker/dockerfile:1
 #
-# One image, every Polylogue binary: polylogue-edge-api, polylogue-auth and the `polylogue` admin CLI
-# in /usr/local/bin. The entrypoint is empty: docker-compose.yml and the Kubernetes manifests name
-# the binary to run.
+# One image, every Polylogue binary: polylogue-edge-api, polylogue-auth, polylogue-thread and the
+# `polylogue` admin CLI in /usr/local/bin. The entrypoint is empty: docker-compose.yml and the
+# Kubernetes manifests name the binary to run.
 #
 #   docker build -t polylogue:latest \
 #     --build-arg POLYLOGUE_GIT_COMMIT="$(git rev-parse --short=12 HEAD)" .
@@ -19,7 +19,9 @@ ARG RUNTIME_IMAGE=debian:bookworm-slim
 FROM ${RUST_IMAGE} AS builder
 
 WORKDIR /src
-# .dockerignore keeps target/, .tools/, .data/ and .git/ out of the context.
+# .dockerignore keeps target/, .tools/, .data/ and .git/ out of the context. The build needs
+# deploy/catalog/models.toml from it: libs/catalog embeds that file as the default model catalog
+# (include_str!), so .dockerignore must not exclude it.
 COPY . .
 
 # services/edge-api/build.rs bakes these into /api/version. Without .git in the context it
@@ -39,7 +41,8 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     if [ -n "${POLYLOGUE_BUILD_TIME}" ]; then export POLYLOGUE_BUILD_TIME; else unset POLYLOGUE_BUILD_TIME; fi; \
     cargo build --release --locked --bins; \
     mkdir -p /out; \
-    cp target/release/polylogue-edge-api target/release/polylogue-auth target/release/polylogue /out/
+    cp target/release/polylogue-edge-api target/release/polylogue-auth \
+       target/release/polylogue-thread target/release/polylogue /out/
 
 # ---------------------------------------------------------------------------------------------
 FROM ${RUNTIME_IMAGE} AS runtime
@@ -79,11 +82,12 @@ EOF
 WORKDIR /var/lib/polylogue
 USER 10001:10001
 
-# edge-api HTTP, edge-api ops, auth ops (the defaults bind 127.0.0.1; deployments set 0.0.0.0).
-EXPOSE 8080 9180 9181
+# edge-api HTTP, edge-api ops, auth ops, thread ops (the defaults bind 127.0.0.1; deployments
+# set 0.0.0.0).
+EXPOSE 8080 9180 9181 9182
 
 LABEL org.opencontainers.image.title="polylogue" \
-      org.opencontainers.image.description="Polylogue multi-LLM chat backend: edge-api, auth and the polylogue admin CLI" \
+      org.opencontainers.image.description="Polylogue multi-LLM chat backend: edge-api, auth, thread and the polylogue admin CLI" \
       org.opencontainers.image.licenses="Apache-2.0"
 
 ENTRYPOINT []
