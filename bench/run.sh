@@ -16,7 +16,8 @@
 #   LOGIN_RATE=60  LOGIN_DURATION=$DURATION  login at the sustainable rate
 #   LOGIN_SWEEP="80 100"  SWEEP_DURATION=10  short login runs (empty: none)
 #   LOGIN_OVER_RATE=150  OVER_DURATION=10     login above capacity (0: skip)
-#   ARGON2_ITERATIONS=20  SETTLE=5 (seconds of quiet between runs)
+#   ARGON2_ITERATIONS=20  SETTLE=5 (seconds of pause between runs)
+#   QUIET_WAIT=600  seconds to wait, before the first run, for other work on the machine to stop
 #   CONNECTIONS=N  cap on requests in flight (default: none)   OUT=bench/results/latest.md
 set -euo pipefail
 source "$(dirname "$0")/../scripts/lib.sh"
@@ -32,6 +33,7 @@ LOGIN_OVER_RATE="${LOGIN_OVER_RATE:-150}"
 OVER_DURATION="${OVER_DURATION:-10}"
 ARGON2_ITERATIONS="${ARGON2_ITERATIONS:-20}"
 SETTLE="${SETTLE:-5}"
+QUIET_WAIT="${QUIET_WAIT:-600}"
 CONNECTIONS="${CONNECTIONS:-}"
 OUT="${OUT:-$ROOT/bench/results/latest.md}"
 USERNAME="demo@polylogue.local"
@@ -69,7 +71,7 @@ POLYLOGUE_PROFILE=release POLYLOGUE_DATA_DIR="$WORK/data" POLYLOGUE_HTTP_PORT="$
   POLYLOGUE__TELEMETRY__LOG_FORMAT=json \
   "$ROOT/scripts/run.sh" >"$WORK/run.out" 2>"$WORK/run.err" &
 RUN_PID=$!
-for _ in $(seq 1 900); do
+for _ in $(seq 1 4500); do  # up to 15 min: run.sh rebuilds if sources changed meanwhile
   grep -q "Polylogue is up" "$WORK/run.out" 2>/dev/null && break
   kill -0 "$RUN_PID" 2>/dev/null || { tail -50 "$WORK/run.err" >&2; echo "scripts/run.sh died" >&2; exit 1; }
   sleep 0.2
@@ -91,7 +93,25 @@ done
 CLK_TCK="$(getconf CLK_TCK 2>/dev/null || echo 100)"
 # utime + stime of a process, in clock ticks (fields 14 and 15 of /proc/PID/stat).
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
-cpu_snapshot() { for s in edge auth nats; do printf '%s ' "$(cpu_ticks "${SERVICE_PID[$s]:-0}")"; done; }
+# Busy ticks of the whole machine: user nice system irq softirq steal (guest is inside user).
+busy_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; }
+# "edge auth nats machine" in clock ticks.
+cpu_snapshot() {
+  for s in edge auth nats; do printf '%s ' "$(cpu_ticks "${SERVICE_PID[$s]:-0}")"; done
+  busy_ticks
+}
+
+# Waits (up to $1 seconds) until the machine is at most 10% busy over 3 s, so that another
+# build or test run does not take cores from the benchmark. Prints the busy share it found.
+wait_for_quiet() {
+  local deadline=$((SECONDS + $1)) a b busy
+  while :; do
+    a="$(busy_ticks)"; sleep 3; b="$(busy_ticks)"
+    busy=$(( (b - a) * 100 / (3 * CLK_TCK * $(nproc)) ))
+    if [ "$busy" -le 10 ] || [ "$SECONDS" -ge "$deadline" ]; then echo "$busy"; return; fi
+    log "machine is ${busy}% busy with other work; waiting for it to quieten (until $((deadline - SECONDS)) s more)"
+  done
+}
 
 COMMANDS=()
 ROWS_ARGON2=()
@@ -99,62 +119,71 @@ ROWS_HTTP=()
 ROWS_CPU=()
 JSONS=()
 
-run_argon2() {
-  local cmd="target/release/polylogue-bench argon2 --iterations $ARGON2_ITERATIONS --threads $1"
-  COMMANDS+=("$cmd")
-  log "$cmd"
-  local out
-  out="$("$BENCH" argon2 --iterations "$ARGON2_ITERATIONS" --threads "$1")"
-  ROWS_ARGON2+=("$(grep '^|' <<<"$out")")
-  JSONS+=("$(grep '^{' <<<"$out")")
-}
-
-# run_http LABEL SCENARIO RATE DURATION
-run_http() {
-  local label="$1" scenario="$2" rate="$3" duration="$4"
-  local args=(http --url "$URL" --scenario "$scenario" --rate "$rate" --duration "$duration"
-    --username "$USERNAME" --password-env BENCH_PASSWORD)
-  [ -n "$CONNECTIONS" ] && args+=(--connections "$CONNECTIONS")
-  COMMANDS+=("target/release/polylogue-bench ${args[*]}")
-  log "$label: polylogue-bench ${args[*]}"
+# measure LABEL ARGS...: runs polylogue-bench ARGS, keeps its table row and JSON line, and the CPU
+# seconds that each service, the load generator and everything else on the machine spent meanwhile.
+measure() {
+  local label="$1"; shift
+  COMMANDS+=("target/release/polylogue-bench $*")
+  log "$label: polylogue-bench $*"
   sleep "$SETTLE"
   local before after out json
   before="$(cpu_snapshot)"
-  out="$("$BENCH" "${args[@]}")"
+  out="$("$BENCH" "$@")"
   after="$(cpu_snapshot)"
-  ROWS_HTTP+=("$(grep '^|' <<<"$out")")
   json="$(grep '^{' <<<"$out")"
   JSONS+=("$json")
   grep '^|' <<<"$out" >&2
+  if [ "$1" = argon2 ]; then ROWS_ARGON2+=("$(grep '^|' <<<"$out")"); else ROWS_HTTP+=("$(grep '^|' <<<"$out")"); fi
   ROWS_CPU+=("$(python3 - "$label" "$json" "$before" "$after" "$CLK_TCK" "$(nproc)" <<'PY'
 import json, sys
-label, doc, before, after, tck, nproc = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3].split(), sys.argv[4].split(), float(sys.argv[5]), int(sys.argv[6])
-svc = [(int(a) - int(b)) / tck for a, b in zip(after, before)]
+label, doc = sys.argv[1], json.loads(sys.argv[2])
+before, after = sys.argv[3].split(), sys.argv[4].split()
+tck, nproc = float(sys.argv[5]), int(sys.argv[6])
+edge, auth, nats, machine = [(int(a) - int(b)) / tck for a, b in zip(after, before)]
 bench = doc.get("bench_cpu_s") or 0.0
 elapsed = doc["elapsed_s"]
-total = sum(svc) + bench
-lat = doc["latency_from_scheduled"]
-errors = doc["non_2xx"] + doc["transport_errors"]
-# Sustained: every request 2xx, 2xx throughput within 3% of the target, p99 under one second.
-ok = errors == 0 and doc["achieved_ok_rps"] >= 0.97 * doc["target_rps"] and lat["p99_ms"] < 1000
-print(f"| {label} | {elapsed:.1f} | {svc[0]:.2f} | {svc[1]:.2f} | {svc[2]:.2f} | {bench:.2f} | "
-      f"{total:.2f} | {100 * total / (nproc * elapsed):.0f}% | {'yes' if ok else 'no'} |")
+other = max(0.0, machine - edge - auth - nats - bench)
+if doc["kind"] == "http":
+    lat = doc["latency_from_scheduled"]
+    errors = doc["non_2xx"] + doc["transport_errors"]
+    # Sustained: every request 2xx, 2xx throughput within 3% of the target, p99 under one second.
+    ok = errors == 0 and doc["achieved_ok_rps"] >= 0.97 * doc["target_rps"] and lat["p99_ms"] < 1000
+    verdict = "yes" if ok else "**no**"
+else:
+    verdict = "n/a"
+cap = nproc * elapsed
+print(f"| {label} | {elapsed:.1f} | {edge:.2f} | {auth:.2f} | {nats:.2f} | {bench:.2f} | {other:.2f} | "
+      f"{100 * machine / cap:.0f}% | {verdict} |")
 PY
 )")
 }
 
-LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
-BUSY_BEFORE="$(ps -eo pcpu=,comm= --sort=-pcpu | awk '$1 >= 5 {printf "%s%s (%s%%)", sep, $2, $1; sep=", "}')"
+http_args() {
+  local a=(http --url "$URL" --scenario "$1" --rate "$2" --duration "$3"
+    --username "$USERNAME" --password-env BENCH_PASSWORD)
+  [ -n "$CONNECTIONS" ] && a+=(--connections "$CONNECTIONS")
+  echo "${a[@]}"
+}
 
-run_argon2 1
-run_argon2 "$(nproc)"
-run_http "version @ $RATE/s" version "$RATE" "$DURATION"
-run_http "login @ $LOGIN_RATE/s" login "$LOGIN_RATE" "$LOGIN_DURATION"
+log "waiting for the machine to be quiet (up to ${QUIET_WAIT}s)"
+BUSY_BEFORE="$(wait_for_quiet "$QUIET_WAIT")"
+LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
+OTHERS_BEFORE="$(ps -eo pcpu=,comm= --sort=-pcpu | awk '$1 >= 5 {printf "%s%s (%s%% of a core over its life)", sep, $2, $1; sep=", "}')"
+
+# Word splitting of $(http_args ...) is intended: no argument holds a space.
+measure "argon2, 1 thread" argon2 --iterations "$ARGON2_ITERATIONS" --threads 1
+measure "argon2, $(nproc) threads" argon2 --iterations "$ARGON2_ITERATIONS" --threads "$(nproc)"
+# shellcheck disable=SC2046
+measure "version @ $RATE/s" $(http_args version "$RATE" "$DURATION")
+# shellcheck disable=SC2046
+measure "login @ $LOGIN_RATE/s" $(http_args login "$LOGIN_RATE" "$LOGIN_DURATION")
 for r in $LOGIN_SWEEP; do
-  run_http "login @ $r/s (sweep)" login "$r" "$SWEEP_DURATION"
+  # shellcheck disable=SC2046
+  measure "login @ $r/s (sweep)" $(http_args login "$r" "$SWEEP_DURATION")
 done
 if [ "$LOGIN_OVER_RATE" != 0 ]; then
-  run_http "login @ $LOGIN_OVER_RATE/s (overload)" login "$LOGIN_OVER_RATE" "$OVER_DURATION"
+  # shellcheck disable=SC2046
+  measure "login @ $LOGIN_OVER_RATE/s (overload)" $(http_args login "$LOGIN_OVER_RATE" "$OVER_DURATION")
 fi
 LOAD_AFTER="$(cut -d' ' -f1-3 /proc/loadavg)"
 
@@ -172,7 +201,7 @@ mkdir -p "$(dirname "$OUT")"
   echo "- machine: \`nproc\` = $(nproc), $CPU_MODEL, $MEM RAM, $(uname -sr)"
   echo "- toolchain: $(rustc --version)"
   echo "- system: \`scripts/run.sh\` with POLYLOGUE_PROFILE=release, SQLite, one NATS, one auth, one edge-api, rate limits off (\`POLYLOGUE__EDGE__RATE_LIMITS__ENABLED=false\`), JSON logs"
-  echo "- load average (1/5/15 min) before: $LOAD_BEFORE, after: $LOAD_AFTER; other busy processes at the start: ${BUSY_BEFORE:-none}"
+  echo "- machine before the first run: ${BUSY_BEFORE}% busy over 3 s; load average (1/5/15 min) $LOAD_BEFORE (after the last run: $LOAD_AFTER); processes that had used ≥ 5% of a core: ${OTHERS_BEFORE:-none}"
   echo
   echo "**The load generator runs on the same $(nproc) cores as NATS, auth and edge-api**: every CPU"
   echo "second it spends is taken from the system under test (see the CPU table), so these numbers are"
@@ -197,10 +226,12 @@ mkdir -p "$(dirname "$OUT")"
   echo
   echo "## CPU seconds spent during each run"
   echo
-  echo "| run | elapsed s | edge-api | auth | nats | bench | total | of $(nproc) cores × elapsed | sustained? |"
+  echo "| run | elapsed s | edge-api | auth | nats | bench | other processes | machine busy ($(nproc) cores × elapsed = 100%) | sustained? |"
   echo "|---|---:|---:|---:|---:|---:|---:|---:|---|"
   printf '%s\n' "${ROWS_CPU[@]}"
   echo
+  echo "CPU seconds (user + system) from \`/proc\`. *other processes* = the machine's busy time minus"
+  echo "the services and the load generator: anything else running then (a build, the kernel, this script)."
   echo "*sustained?* = every request 2xx, achieved 2xx/s ≥ 97% of the target, p99 < 1 s."
   echo
   echo "## Commands"

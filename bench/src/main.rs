@@ -532,6 +532,7 @@ fn run_argon2(args: &Argon2Args) -> Result<()> {
     // One untimed hash: page faults of the first 19 MiB block allocation, lazy init.
     hash_once(&argon, 0)?;
 
+    let cpu_before = process_cpu_seconds();
     let wall = Instant::now();
     let mut times = std::thread::scope(|scope| -> Result<Vec<Duration>> {
         let workers: Vec<_> = (0..args.threads)
@@ -559,6 +560,9 @@ fn run_argon2(args: &Argon2Args) -> Result<()> {
         Ok(all)
     })?;
     let wall = wall.elapsed();
+    let cpu = cpu_before
+        .zip(process_cpu_seconds())
+        .map(|(before, after)| after - before);
     times.sort_unstable();
     let n = times.len();
     let at = |q: f64| times[((n - 1) as f64 * q).round() as usize];
@@ -571,6 +575,8 @@ fn run_argon2(args: &Argon2Args) -> Result<()> {
         max: times[n - 1],
         mean,
         per_second: n as f64 / wall.as_secs_f64(),
+        wall,
+        cpu,
     };
     print_argon2(&summary, args.header);
     Ok(())
@@ -596,6 +602,9 @@ struct Argon2Summary {
     max: Duration,
     mean: Duration,
     per_second: f64,
+    wall: Duration,
+    /// CPU seconds this process spent hashing (all threads).
+    cpu: Option<f64>,
 }
 
 #[expect(
@@ -630,6 +639,8 @@ fn print_argon2(s: &Argon2Summary, header: bool) {
         "mean_ms": f(s.mean),
         "max_ms": f(s.max),
         "hashes_per_s": s.per_second,
+        "elapsed_s": s.wall.as_secs_f64(),
+        "bench_cpu_s": s.cpu,
     });
     println!("{json}");
 }
