@@ -5,7 +5,7 @@
 #   1. argon2id hash time with the service's parameters (1 thread, then one per core);
 #   2. GET /api/version with a session cookie at $RATE req/s for $DURATION s;
 #   3. POST /api/login at $LOGIN_RATE req/s for $LOGIN_DURATION s (the rate we claim sustainable);
-#   4. short login runs at each rate of $LOGIN_SWEEP (where it starts to break), ascending;
+#   4. login runs at each rate of $LOGIN_SWEEP (where it starts to break), ascending;
 #   5. one short login run at $LOGIN_OVER_RATE req/s, above what the machine sustains.
 #
 # The system gets free ports, a temporary data dir and rate limits off; it is stopped on exit.
@@ -13,11 +13,12 @@
 #
 # Environment (all optional):
 #   RATE=500  DURATION=20                 version scenario
-#   LOGIN_RATE=60  LOGIN_DURATION=$DURATION  login at the sustainable rate
-#   LOGIN_SWEEP="80 100"  SWEEP_DURATION=10  short login runs (empty: none)
+#   LOGIN_RATE=70  LOGIN_DURATION=$DURATION  login at the sustainable rate
+#   LOGIN_SWEEP="80 90 100"  SWEEP_DURATION=$DURATION  login runs around capacity (empty: none)
 #   LOGIN_OVER_RATE=150  OVER_DURATION=10     login above capacity (0: skip)
 #   ARGON2_ITERATIONS=20  SETTLE=5 (seconds of pause between runs)
 #   QUIET_WAIT=600  seconds to wait, before the first run, for other work on the machine to stop
+#   QUIET_WAIT_EACH=120  the same before each later run (also lets the previous run's backlog drain)
 #   CONNECTIONS=N  cap on requests in flight (default: none)   OUT=bench/results/latest.md
 set -euo pipefail
 source "$(dirname "$0")/../scripts/lib.sh"
@@ -25,15 +26,16 @@ cd "$ROOT"
 
 RATE="${RATE:-500}"
 DURATION="${DURATION:-20}"
-LOGIN_RATE="${LOGIN_RATE:-60}"
+LOGIN_RATE="${LOGIN_RATE:-70}"
 LOGIN_DURATION="${LOGIN_DURATION:-$DURATION}"
-LOGIN_SWEEP="${LOGIN_SWEEP-80 100}"
-SWEEP_DURATION="${SWEEP_DURATION:-10}"
+LOGIN_SWEEP="${LOGIN_SWEEP-80 90 100}"
+SWEEP_DURATION="${SWEEP_DURATION:-$DURATION}"
 LOGIN_OVER_RATE="${LOGIN_OVER_RATE:-150}"
 OVER_DURATION="${OVER_DURATION:-10}"
 ARGON2_ITERATIONS="${ARGON2_ITERATIONS:-20}"
 SETTLE="${SETTLE:-5}"
 QUIET_WAIT="${QUIET_WAIT:-600}"
+QUIET_WAIT_EACH="${QUIET_WAIT_EACH:-120}"
 CONNECTIONS="${CONNECTIONS:-}"
 OUT="${OUT:-$ROOT/bench/results/latest.md}"
 USERNAME="demo@polylogue.local"
@@ -52,11 +54,16 @@ URL="http://127.0.0.1:$HTTP_PORT"
 
 RUN_PID=""
 cleanup() {
+  local status=$?
   if [ -n "$RUN_PID" ]; then
     kill -TERM "$RUN_PID" 2>/dev/null || true
     wait "$RUN_PID" 2>/dev/null || true
   fi
-  rm -rf "$WORK"
+  if [ "$status" -eq 0 ]; then
+    rm -rf "$WORK"
+  else
+    echo "bench/run.sh failed; the system's output and logs are kept in $WORK" >&2
+  fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT
@@ -93,12 +100,14 @@ done
 CLK_TCK="$(getconf CLK_TCK 2>/dev/null || echo 100)"
 # utime + stime of a process, in clock ticks (fields 14 and 15 of /proc/PID/stat).
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
-# Busy ticks of the whole machine: user nice system irq softirq steal (guest is inside user).
-busy_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; }
-# "edge auth nats machine" in clock ticks.
+# Idle + iowait ticks of the whole machine. Busy time is taken as cores × wall clock − idle: the
+# kernel measures idle periods exactly, while its busy counters are sampled at each tick and miss
+# most of a load made of sub-millisecond bursts (500 requests/s of 0.3 ms each).
+idle_ticks() { awk '/^cpu / {print $5 + $6}' /proc/stat; }
+# "edge auth nats idle wall_ns": CPU in clock ticks, wall clock in nanoseconds.
 cpu_snapshot() {
   for s in edge auth nats; do printf '%s ' "$(cpu_ticks "${SERVICE_PID[$s]:-0}")"; done
-  busy_ticks
+  printf '%s %s\n' "$(idle_ticks)" "$(date +%s%N)"
 }
 
 # Waits (up to $1 seconds) until the machine is at most 10% busy over 3 s, so that another
@@ -106,10 +115,11 @@ cpu_snapshot() {
 wait_for_quiet() {
   local deadline=$((SECONDS + $1)) a b busy
   while :; do
-    a="$(busy_ticks)"; sleep 3; b="$(busy_ticks)"
-    busy=$(( (b - a) * 100 / (3 * CLK_TCK * $(nproc)) ))
+    a="$(idle_ticks)"; sleep 3; b="$(idle_ticks)"
+    busy=$((100 - (b - a) * 100 / (3 * CLK_TCK * $(nproc))))
+    [ "$busy" -lt 0 ] && busy=0
     if [ "$busy" -le 10 ] || [ "$SECONDS" -ge "$deadline" ]; then echo "$busy"; return; fi
-    log "machine is ${busy}% busy with other work; waiting for it to quieten (until $((deadline - SECONDS)) s more)"
+    log "machine is ${busy}% busy with other work; waiting for it to quieten ($((deadline - SECONDS)) s more at most)"
   done
 }
 
@@ -123,9 +133,17 @@ JSONS=()
 # seconds that each service, the load generator and everything else on the machine spent meanwhile.
 measure() {
   local label="$1"; shift
+  if ! kill -0 "$RUN_PID" 2>/dev/null; then
+    tail -30 "$WORK/run.err" >&2
+    echo "scripts/run.sh has stopped (see above); cannot run: $label" >&2
+    exit 1
+  fi
   COMMANDS+=("target/release/polylogue-bench $*")
   log "$label: polylogue-bench $*"
   sleep "$SETTLE"
+  local busy
+  busy="$(wait_for_quiet "$QUIET_WAIT_EACH")"
+  [ "$busy" -gt 10 ] && log "starting anyway with the machine ${busy}% busy"
   local before after out json
   before="$(cpu_snapshot)"
   out="$("$BENCH" "$@")"
@@ -139,9 +157,10 @@ import json, sys
 label, doc = sys.argv[1], json.loads(sys.argv[2])
 before, after = sys.argv[3].split(), sys.argv[4].split()
 tck, nproc = float(sys.argv[5]), int(sys.argv[6])
-edge, auth, nats, machine = [(int(a) - int(b)) / tck for a, b in zip(after, before)]
+edge, auth, nats, idle = [(int(a) - int(b)) / tck for a, b in zip(after[:4], before[:4])]
+wall = (int(after[4]) - int(before[4])) / 1e9
+machine = max(0.0, nproc * wall - idle)
 bench = doc.get("bench_cpu_s") or 0.0
-elapsed = doc["elapsed_s"]
 other = max(0.0, machine - edge - auth - nats - bench)
 if doc["kind"] == "http":
     lat = doc["latency_from_scheduled"]
@@ -149,11 +168,13 @@ if doc["kind"] == "http":
     # Sustained: every request 2xx, 2xx throughput within 3% of the target, p99 under one second.
     ok = errors == 0 and doc["achieved_ok_rps"] >= 0.97 * doc["target_rps"] and lat["p99_ms"] < 1000
     verdict = "yes" if ok else "**no**"
+    fmt = lambda v: f"{v:.0f}" if v >= 100 else f"{v:.1f}" if v >= 10 else f"{v:.2f}"
+    trend = " / ".join(fmt(q["p99_ms"]) for q in doc["latency_by_quarter"])
 else:
     verdict = "n/a"
-cap = nproc * elapsed
-print(f"| {label} | {elapsed:.1f} | {edge:.2f} | {auth:.2f} | {nats:.2f} | {bench:.2f} | {other:.2f} | "
-      f"{100 * machine / cap:.0f}% | {verdict} |")
+    trend = "n/a"
+print(f"| {label} | {wall:.1f} | {edge:.2f} | {auth:.2f} | {nats:.2f} | {bench:.2f} | {other:.2f} | "
+      f"{100 * machine / (nproc * wall):.0f}% | {trend} | {verdict} |")
 PY
 )")
 }
@@ -181,9 +202,14 @@ for r in $LOGIN_SWEEP; do
   # shellcheck disable=SC2046
   measure "login @ $r/s (sweep)" $(http_args login "$r" "$SWEEP_DURATION")
 done
+AFTER_OVERLOAD=""
 if [ "$LOGIN_OVER_RATE" != 0 ]; then
   # shellcheck disable=SC2046
   measure "login @ $LOGIN_OVER_RATE/s (overload)" $(http_args login "$LOGIN_OVER_RATE" "$OVER_DURATION")
+  # Does auth keep hashing for callers that have already had their answer (or a 504)?
+  a="$(cpu_ticks "${SERVICE_PID[auth]:-0}")"; sleep 10; b="$(cpu_ticks "${SERVICE_PID[auth]:-0}")"
+  AFTER_OVERLOAD="$(awk -v d="$((b - a))" -v t="$CLK_TCK" 'BEGIN {printf "%.2f", d / t}')"
+  log "auth spent ${AFTER_OVERLOAD} CPU s in the 10 s after the overload run had ended"
 fi
 LOAD_AFTER="$(cut -d' ' -f1-3 /proc/loadavg)"
 
@@ -226,13 +252,20 @@ mkdir -p "$(dirname "$OUT")"
   echo
   echo "## CPU seconds spent during each run"
   echo
-  echo "| run | elapsed s | edge-api | auth | nats | bench | other processes | machine busy ($(nproc) cores × elapsed = 100%) | sustained? |"
-  echo "|---|---:|---:|---:|---:|---:|---:|---:|---|"
+  echo "| run | elapsed s | edge-api | auth | nats | bench | other processes | machine busy ($(nproc) cores × elapsed = 100%) | p99 ms per quarter of the run | sustained? |"
+  echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"
   printf '%s\n' "${ROWS_CPU[@]}"
   echo
   echo "CPU seconds (user + system) from \`/proc\`. *other processes* = the machine's busy time minus"
   echo "the services and the load generator: anything else running then (a build, the kernel, this script)."
+  echo "*p99 per quarter*: latency from the scheduled time of the requests scheduled in each quarter of"
+  echo "the run; growth from quarter to quarter means a queue that grows, i.e. a rate above capacity."
   echo "*sustained?* = every request 2xx, achieved 2xx/s ≥ 97% of the target, p99 < 1 s."
+  if [ -n "$AFTER_OVERLOAD" ]; then
+    echo
+    echo "After the overload run had ended (its last answer received), auth went on to spend"
+    echo "**$AFTER_OVERLOAD CPU s in the next 10 s**: work on requests whose callers had already given up."
+  fi
   echo
   echo "## Commands"
   echo

@@ -108,6 +108,10 @@ struct Argon2Args {
     /// Threads hashing at once; above 1 it also reports the aggregate hashes per second.
     #[arg(long, default_value_t = 1)]
     threads: u32,
+    /// Seconds of untimed hashing first (per thread), so that an idle CPU has woken up: on this
+    /// VM the first hashes after a pause take up to twice as long.
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
     /// Print the Markdown table header before the row.
     #[arg(long)]
     header: bool,
@@ -360,6 +364,9 @@ struct Report {
     service: Histogram<u64>,
     /// How late the request left after its scheduled instant (scheduler + slot wait).
     send_lag: Histogram<u64>,
+    /// Latency from the scheduled instant, per quarter of the schedule: under a sustainable rate
+    /// the quarters look alike; above it the queue, and so the latency, grows quarter by quarter.
+    quarters: [Histogram<u64>; 4],
     /// CPU seconds (user + system, all threads) this process spent during the run.
     bench_cpu: Option<f64>,
 }
@@ -383,12 +390,18 @@ impl Report {
             latency_ok: hist()?,
             service: hist()?,
             send_lag: hist()?,
+            quarters: [hist()?, hist()?, hist()?, hist()?],
             bench_cpu: None,
         };
         let mut last = start;
-        for s in samples {
+        let n = samples.len().max(1);
+        // In schedule order: sample i is the i-th request sent.
+        for (i, s) in samples.iter().enumerate() {
             let latency = micros(s.done.saturating_duration_since(s.scheduled));
             report.latency.saturating_record(latency);
+            if let Some(q) = report.quarters.get_mut(i * 4 / n) {
+                q.saturating_record(latency);
+            }
             report
                 .service
                 .saturating_record(micros(s.done.saturating_duration_since(s.sent)));
@@ -514,6 +527,7 @@ fn print_http(r: &Report, header: bool) {
         "latency_from_scheduled_2xx": hist_json(&r.latency_ok),
         "service_time": hist_json(&r.service),
         "send_lag": hist_json(&r.send_lag),
+        "latency_by_quarter": r.quarters.iter().map(hist_json).collect::<Vec<_>>(),
         "bench_cpu_s": r.bench_cpu,
     });
     println!("{json}");
@@ -526,19 +540,24 @@ fn run_argon2(args: &Argon2Args) -> Result<()> {
     if args.iterations == 0 || args.threads == 0 {
         bail!("--iterations and --threads must be at least 1");
     }
+    if !(args.warmup.is_finite() && args.warmup >= 0.0) {
+        bail!("--warmup must be a number of seconds, 0 or more");
+    }
     // The auth service's defaults (`libs/config`, `Argon2Settings`): OWASP's minimum.
     let params = Params::new(19_456, 2, 1, None).map_err(|e| anyhow!("argon2 params: {e}"))?;
     let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
-    // One untimed hash: page faults of the first 19 MiB block allocation, lazy init.
-    hash_once(&argon, 0)?;
 
-    let cpu_before = process_cpu_seconds();
-    let wall = Instant::now();
-    let mut times = std::thread::scope(|scope| -> Result<Vec<Duration>> {
+    // Every thread warms up, then all start the timed hashes together.
+    let barrier = std::sync::Barrier::new(args.threads as usize + 1);
+    let (mut times, wall) = std::thread::scope(|scope| -> Result<(Vec<Duration>, Duration)> {
         let workers: Vec<_> = (0..args.threads)
             .map(|t| {
-                let argon = &argon;
+                let (argon, barrier) = (&argon, &barrier);
                 scope.spawn(move || -> Result<Vec<Duration>> {
+                    let warmed = warm_up(argon, t, args.warmup);
+                    // Reached even after an error, so that nobody waits forever.
+                    barrier.wait();
+                    warmed?;
                     (0..args.iterations)
                         .map(|i| {
                             let began = Instant::now();
@@ -549,6 +568,8 @@ fn run_argon2(args: &Argon2Args) -> Result<()> {
                 })
             })
             .collect();
+        barrier.wait();
+        let began = Instant::now();
         let mut all = Vec::new();
         for worker in workers {
             all.extend(
@@ -557,12 +578,10 @@ fn run_argon2(args: &Argon2Args) -> Result<()> {
                     .map_err(|_| anyhow!("a hashing thread panicked"))??,
             );
         }
-        Ok(all)
+        Ok((all, began.elapsed()))
     })?;
-    let wall = wall.elapsed();
-    let cpu = cpu_before
-        .zip(process_cpu_seconds())
-        .map(|(before, after)| after - before);
+    // Warm-up included: what this process took from the machine.
+    let cpu = process_cpu_seconds();
     times.sort_unstable();
     let n = times.len();
     let at = |q: f64| times[((n - 1) as f64 * q).round() as usize];
@@ -580,6 +599,19 @@ fn run_argon2(args: &Argon2Args) -> Result<()> {
     };
     print_argon2(&summary, args.header);
     Ok(())
+}
+
+/// Untimed hashes: at least one (the first allocation of the 19 MiB), then until `secs` passed.
+fn warm_up(argon: &Argon2<'_>, thread: u32, secs: f64) -> Result<()> {
+    let began = Instant::now();
+    let mut seed = thread.wrapping_mul(1_000_003).wrapping_add(500_000);
+    loop {
+        hash_once(argon, seed)?;
+        seed = seed.wrapping_add(1);
+        if began.elapsed().as_secs_f64() >= secs {
+            return Ok(());
+        }
+    }
 }
 
 fn hash_once(argon: &Argon2<'_>, seed: u32) -> Result<()> {
@@ -603,7 +635,7 @@ struct Argon2Summary {
     mean: Duration,
     per_second: f64,
     wall: Duration,
-    /// CPU seconds this process spent hashing (all threads).
+    /// CPU seconds this process spent, warm-up included (all threads).
     cpu: Option<f64>,
 }
 
