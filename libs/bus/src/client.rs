@@ -129,7 +129,7 @@ impl Bus {
     ) -> Result<async_nats::Message, ApiError> {
         let request = async_nats::Request::new()
             .payload(payload)
-            .headers(ctx.to_headers())
+            .headers(ctx.to_headers(self.timeout))
             .timeout(Some(self.timeout));
         self.client
             .send_request(subject, request)

@@ -18,6 +18,9 @@ use polylogue_contracts::headers;
 pub struct RequestContext {
     pub request_id: String,
     pub traceparent: Option<String>,
+    /// Unix milliseconds after which the caller no longer waits for the answer. Set by the bus on
+    /// every request; a service skips work whose caller has given up.
+    pub deadline: Option<u64>,
 }
 
 impl RequestContext {
@@ -25,7 +28,13 @@ impl RequestContext {
         Self {
             request_id: request_id.into(),
             traceparent: None,
+            deadline: None,
         }
+    }
+
+    /// Whether the caller has stopped waiting.
+    pub fn expired(&self) -> bool {
+        self.deadline.is_some_and(|d| unix_ms() > d)
     }
 
     /// A context for work that did not start from a client request (CLI, background jobs).
@@ -33,9 +42,14 @@ impl RequestContext {
         Self::new(format!("int_{}", uuid::Uuid::now_v7().simple()))
     }
 
-    fn to_headers(&self) -> HeaderMap {
+    /// Headers for a request that the caller waits `timeout` for; an inherited deadline that is
+    /// sooner wins.
+    fn to_headers(&self, timeout: std::time::Duration) -> HeaderMap {
         let mut map = HeaderMap::new();
         map.insert(headers::REQUEST_ID, self.request_id.as_str());
+        let own = unix_ms().saturating_add(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX));
+        let deadline = self.deadline.map_or(own, |d| d.min(own));
+        map.insert(DEADLINE_HEADER, deadline.to_string().as_str());
         if let Some(tp) = &self.traceparent {
             map.insert(headers::TRACEPARENT, tp.as_str());
         }
@@ -47,9 +61,22 @@ impl RequestContext {
         Self {
             request_id: get(headers::REQUEST_ID).unwrap_or_default(),
             traceparent: get(headers::TRACEPARENT),
+            deadline: get(DEADLINE_HEADER).and_then(|v| v.parse().ok()),
         }
     }
 }
+
+/// Unix milliseconds, now.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// When the caller stops waiting, in unix milliseconds (clocks of one cluster agree closely
+/// enough for a bound measured in seconds).
+pub const DEADLINE_HEADER: &str = "Polylogue-Deadline";
 
 /// Header with the JSON `ApiError` of a failed request (the service API's own error headers
 /// carry only a status string and a number).

@@ -113,7 +113,12 @@ impl ServiceHost {
                     let ctx = RequestContext::from_headers(request.message.headers.as_ref());
                     let payload = request.message.payload.clone();
                     let span = tracing::info_span!("request", request_id = %ctx.request_id, service = %service, verb = %verb);
-                    let result = tracing::Instrument::instrument(handler(ctx.clone(), payload), span).await;
+                    // Waited in line past the caller's deadline: nobody will read the answer.
+                    let result = if ctx.expired() {
+                        Err(ApiError::new(ErrorCode::GatewayTimeout, "the request expired before it was handled"))
+                    } else {
+                        tracing::Instrument::instrument(handler(ctx.clone(), payload), span).await
+                    };
                     let outcome = match &result {
                         Ok(_) => "ok",
                         Err(e) => e.code.as_str(),

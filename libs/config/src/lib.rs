@@ -315,6 +315,8 @@ pub struct Argon2Settings {
     pub parallelism: u32,
     /// Hashes computed at once; each holds `memory_kib` of RAM.
     pub max_concurrent: usize,
+    /// Logins allowed to wait for a hashing slot; past it they get 503 at once (load shedding).
+    pub max_queue: usize,
 }
 
 impl Default for Argon2Settings {
@@ -324,6 +326,7 @@ impl Default for Argon2Settings {
             iterations: 2,
             parallelism: 1,
             max_concurrent: 4,
+            max_queue: 64,
         }
     }
 }

@@ -92,30 +92,36 @@ pub async fn start(
     add(
         &host,
         verbs::LOGIN,
-        handler(move |_ctx, req: LoginRequest| {
-            let s = Arc::clone(&s);
-            async move { s.login(req).await }
-        }),
+        handler(
+            move |ctx: polylogue_bus::RequestContext, req: LoginRequest| {
+                let s = Arc::clone(&s);
+                async move { s.login(req, ctx.deadline).await }
+            },
+        ),
     )
     .await?;
     let s = Arc::clone(&service);
     add(
         &host,
         verbs::REGISTER,
-        handler(move |_ctx, req: RegisterRequest| {
-            let s = Arc::clone(&s);
-            async move { s.register(req, false).await }
-        }),
+        handler(
+            move |ctx: polylogue_bus::RequestContext, req: RegisterRequest| {
+                let s = Arc::clone(&s);
+                async move { s.register(req, false, ctx.deadline).await }
+            },
+        ),
     )
     .await?;
     let s = Arc::clone(&service);
     add(
         &host,
         verbs::ADMIN_USER_CREATE,
-        handler(move |_ctx, req: RegisterRequest| {
-            let s = Arc::clone(&s);
-            async move { s.register(req, true).await }
-        }),
+        handler(
+            move |ctx: polylogue_bus::RequestContext, req: RegisterRequest| {
+                let s = Arc::clone(&s);
+                async move { s.register(req, true, ctx.deadline).await }
+            },
+        ),
     )
     .await?;
     let s = Arc::clone(&service);

@@ -146,7 +146,12 @@ impl AuthService {
         })
     }
 
-    pub async fn register(&self, req: RegisterRequest, admin: bool) -> Result<UserView, ApiError> {
+    pub async fn register(
+        &self,
+        req: RegisterRequest,
+        admin: bool,
+        deadline: Option<u64>,
+    ) -> Result<UserView, ApiError> {
         if !admin && !self.registration_enabled {
             return Err(ApiError::new(
                 ErrorCode::Forbidden,
@@ -184,7 +189,7 @@ impl AuthService {
         }
         let password_hash = self
             .passwords
-            .hash(req.password.expose().to_owned())
+            .hash(req.password.expose().to_owned(), deadline)
             .await?;
         let user = UserRecord {
             id: Uuid::now_v7(),
@@ -199,7 +204,11 @@ impl AuthService {
         Ok(view(&user))
     }
 
-    pub async fn login(&self, req: LoginRequest) -> Result<SessionReply, ApiError> {
+    pub async fn login(
+        &self,
+        req: LoginRequest,
+        deadline: Option<u64>,
+    ) -> Result<SessionReply, ApiError> {
         let username = normalize_username(&req.username);
         if username.is_empty() || req.password.expose().is_empty() {
             return Err(invalid_credentials());
@@ -218,6 +227,7 @@ impl AuthService {
             .verify(
                 req.password.expose().to_owned(),
                 user.as_ref().map(|u| u.password_hash.clone()),
+                deadline,
             )
             .await?;
         let user = match (ok, user) {

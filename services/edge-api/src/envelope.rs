@@ -105,6 +105,24 @@ impl IntoResponse for EdgeError {
         for (name, value) in self.headers {
             response.headers_mut().append(name, value);
         }
+        // A service that says when to come back (429, or 503 while shedding load) gets the
+        // standard header too.
+        let retry_after = self
+            .error
+            .details
+            .as_ref()
+            .and_then(|d| d.get("retryAfter"))
+            .and_then(serde_json::Value::as_u64);
+        if let Some(secs) = retry_after
+            && !response
+                .headers()
+                .contains_key(axum::http::header::RETRY_AFTER)
+        {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(secs),
+            );
+        }
         response.extensions_mut().insert(Body::Error(self.error));
         response
     }

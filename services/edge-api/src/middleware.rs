@@ -241,5 +241,6 @@ pub fn bus_context(meta: &RequestMeta, headers: &HeaderMap) -> polylogue_bus::Re
             .get(headers::TRACEPARENT)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned),
+        deadline: None,
     }
 }

@@ -126,3 +126,31 @@ async fn one_request_id_correlates_the_edge_and_auth_logs() {
         "the auth service's log line does not carry the edge's request id"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_whose_caller_gave_up_is_not_worked_on() {
+    let app = TestCluster::start().await;
+    let bus = app.bus().await;
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("X-Request-Id", "expired-1");
+    headers.insert(
+        polylogue_bus::DEADLINE_HEADER,
+        (polylogue_bus::unix_ms() - 10).to_string().as_str(),
+    );
+    let body =
+        serde_json::to_vec(&json!({ "username": "x@example.com", "password": "whatever-pw" }))
+            .unwrap();
+    let reply = bus
+        .client()
+        .request_with_headers("polylogue.auth.login", headers, body.into())
+        .await
+        .unwrap();
+    let h = reply.headers.expect("an error reply has headers");
+    assert_eq!(
+        h.get("Nats-Service-Error-Code").map(|v| v.as_str()),
+        Some("504")
+    );
+    let error: serde_json::Value =
+        serde_json::from_str(h.get(polylogue_bus::ERROR_HEADER).unwrap().as_str()).unwrap();
+    assert_eq!(error["code"], "GATEWAY_TIMEOUT");
+}
