@@ -73,6 +73,7 @@ log "starting scripts/run.sh (release, rate limits off) at $URL, data in $WORK/d
 POLYLOGUE_PROFILE=release POLYLOGUE_DATA_DIR="$WORK/data" POLYLOGUE_HTTP_PORT="$HTTP_PORT" \
   POLYLOGUE_NATS_PORT=$(free_port) POLYLOGUE_NATS_HTTP_PORT=$(free_port) \
   POLYLOGUE_EDGE_OPS_PORT=$(free_port) POLYLOGUE_AUTH_OPS_PORT=$(free_port) \
+  POLYLOGUE_THREAD_OPS_PORT=$(free_port) \
   POLYLOGUE_DEMO_USER="$USERNAME" \
   POLYLOGUE__EDGE__RATE_LIMITS__ENABLED=false \
   POLYLOGUE__TELEMETRY__LOG_FORMAT=json \

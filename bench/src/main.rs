@@ -81,6 +81,12 @@ struct HttpArgs {
     /// Print the Markdown table header before the row.
     #[arg(long)]
     header: bool,
+    /// Path and query for `--scenario get`, e.g. `/api/threads?limit=20`.
+    #[arg(long)]
+    path: Option<String>,
+    /// Name of the row in the report (default: the scenario's).
+    #[arg(long)]
+    label: Option<String>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -89,6 +95,8 @@ enum Scenario {
     Version,
     /// `POST /api/login` with the user's credentials (one argon2id verification each).
     Login,
+    /// `GET --path` with a session cookie (logged in once before the run).
+    Get,
 }
 
 impl Scenario {
@@ -96,6 +104,7 @@ impl Scenario {
         match self {
             Self::Version => "GET /api/version",
             Self::Login => "POST /api/login",
+            Self::Get => "GET",
         }
     }
 }
@@ -186,19 +195,23 @@ async fn run_http(args: HttpArgs) -> Result<()> {
     let body = serde_json::json!({ "username": args.username, "password": password }).to_string();
 
     let (url, cookie) = match args.scenario {
-        Scenario::Version => {
+        Scenario::Version | Scenario::Get => {
             let cookie = login_cookie(&client, &base, &body).await?;
-            let url = format!("{base}/api/version");
+            let path = match args.scenario {
+                Scenario::Get => args.path.clone().context("--scenario get needs --path")?,
+                _ => "/api/version".to_owned(),
+            };
+            let url = format!("{base}{path}");
             // Fail before the run, not 10 000 times during it.
             let check = client
                 .get(&url)
                 .header(COOKIE, &cookie)
                 .send()
                 .await
-                .context("GET /api/version before the run")?;
+                .with_context(|| format!("GET {path} before the run"))?;
             if !check.status().is_success() {
                 bail!(
-                    "GET /api/version with the session cookie answered {} before the run",
+                    "GET {path} with the session cookie answered {} before the run",
                     check.status()
                 );
             }
@@ -298,7 +311,7 @@ async fn request(target: Target, scheduled: Instant) -> Sample {
     };
     let sent = Instant::now();
     let builder = match target.scenario {
-        Scenario::Version => {
+        Scenario::Version | Scenario::Get => {
             let builder = target.client.get(&target.url);
             match &target.cookie {
                 Some(cookie) => builder.header(COOKIE, cookie),
@@ -344,7 +357,7 @@ fn error_kind(e: &reqwest::Error) -> String {
 }
 
 struct Report {
-    scenario: &'static str,
+    scenario: String,
     rate: f64,
     duration: f64,
     connections: Option<usize>,
@@ -375,7 +388,10 @@ impl Report {
     fn new(args: &HttpArgs, start: Instant, samples: &[Sample]) -> Result<Self> {
         let hist = || Histogram::<u64>::new_with_bounds(1, HIST_MAX_US, 3);
         let mut report = Self {
-            scenario: args.scenario.name(),
+            scenario: args
+                .label
+                .clone()
+                .unwrap_or_else(|| args.scenario.name().to_owned()),
             rate: args.rate,
             duration: args.duration,
             connections: args.connections,
