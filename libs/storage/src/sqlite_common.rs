@@ -51,6 +51,18 @@ impl Db {
         .map_err(|e| StoreError::Unavailable(format!("blocking task failed: {e}")))?
     }
 
+    /// Runs `f` on the calling thread (for start-up work, before the store serves requests).
+    pub fn with_blocking<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut guard = self
+            .conn
+            .lock()
+            .map_err(|_| StoreError::Unavailable("connection mutex poisoned".into()))?;
+        f(&mut guard)
+    }
+
     pub async fn ping(&self) -> Result<(), StoreError> {
         self.with(|c| c.query_row("SELECT 1", [], |_| Ok(())).map_err(unavailable))
             .await
