@@ -4,6 +4,7 @@
 //! back as the spec's `ApiError` and map to HTTP in one place (the edge).
 
 mod client;
+pub mod generations;
 pub mod revocations;
 mod server;
 

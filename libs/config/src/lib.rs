@@ -32,6 +32,7 @@ pub struct Settings {
     pub edge: EdgeSettings,
     pub auth: AuthSettings,
     pub thread: ThreadSettings,
+    pub inference: InferenceSettings,
     pub catalog: CatalogSettings,
 }
 
@@ -46,6 +47,7 @@ impl Default for Settings {
             edge: EdgeSettings::default(),
             auth: AuthSettings::default(),
             thread: ThreadSettings::default(),
+            inference: InferenceSettings::default(),
             catalog: CatalogSettings::default(),
         }
     }
@@ -138,6 +140,11 @@ pub struct EdgeSettings {
     /// Take the client address from `X-Forwarded-For` (only behind a trusted proxy).
     pub trust_forwarded_for: bool,
     pub rate_limits: RateLimitSettings,
+    /// Seconds between SSE keep-alive comments on an idle stream.
+    pub sse_keepalive_secs: u64,
+    /// How long a non-streaming `POST .../messages` waits for the reply before answering 504
+    /// (the generation goes on and the reply is stored).
+    pub reply_timeout_secs: u64,
 }
 
 impl Default for EdgeSettings {
@@ -151,6 +158,8 @@ impl Default for EdgeSettings {
             cookie_same_site: "Strict".into(),
             trust_forwarded_for: false,
             rate_limits: RateLimitSettings::default(),
+            sse_keepalive_secs: 15,
+            reply_timeout_secs: 300,
         }
     }
 }
@@ -253,6 +262,110 @@ impl Default for MeiliSettings {
             api_key: None,
             index: "polylogue-threads".into(),
         }
+    }
+}
+
+/// The inference router: provider endpoints, operator keys, context budget, streams and leases.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InferenceSettings {
+    pub ops_listen: String,
+    /// Base URLs of the cloud providers; `None` = the provider's public API. Local runtimes
+    /// (`ollama`, `openai-compatible`) take theirs from the catalog entry (`baseUrl`).
+    pub anthropic_url: Option<String>,
+    pub openai_url: Option<String>,
+    pub google_url: Option<String>,
+    pub ollama_url: Option<String>,
+    /// Let provider base URLs point at loopback, private or link-local addresses (a simulator,
+    /// a proxy on the LAN). Catalog `baseUrl`s of local runtimes are always allowed.
+    pub allow_private_base_urls: bool,
+    /// Operator keys, used when the user has none for the provider.
+    pub keys: OperatorKeys,
+    /// System prompt used when the user's profile has none.
+    pub default_system_prompt: String,
+    /// Tokens reserved for the reply (the provider's max tokens) unless the request asks for
+    /// fewer; capped at a quarter of the model's context length.
+    pub reply_budget_tokens: u32,
+    /// How many of the newest messages context assembly reads before trimming to the budget.
+    pub history_window: u32,
+    /// Largest user message, in bytes.
+    pub max_content_bytes: usize,
+    pub connect_timeout_ms: u64,
+    /// Until the provider's response headers arrive.
+    pub header_timeout_ms: u64,
+    /// Largest gap between two chunks of a streamed reply.
+    pub idle_timeout_ms: u64,
+    /// A whole non-streaming provider call.
+    pub request_timeout_ms: u64,
+    /// Attempts (first + retries) before the first token, with exponential backoff and jitter.
+    pub retry_attempts: u32,
+    pub retry_base_delay_ms: u64,
+    pub retry_max_delay_ms: u64,
+    /// How long a generation's events stay replayable on the tokens stream.
+    pub stream_retention_secs: u64,
+    /// How often each router refreshes its heartbeat.
+    pub heartbeat_ms: u64,
+    /// A router whose heartbeat is older than this is dead; its generations end `interrupted`.
+    pub lease_timeout_ms: u64,
+    /// How often partial reply content is written to the store while streaming.
+    pub checkpoint_ms: u64,
+    /// Generations one router runs at once; more are refused with 503.
+    pub max_concurrent: usize,
+    /// Build the BPE tables (OpenAI token counting) at start rather than on first use.
+    pub warm_up_tokenizers: bool,
+}
+
+impl Default for InferenceSettings {
+    fn default() -> Self {
+        Self {
+            ops_listen: "127.0.0.1:9183".into(),
+            anthropic_url: None,
+            openai_url: None,
+            google_url: None,
+            ollama_url: None,
+            allow_private_base_urls: false,
+            keys: OperatorKeys::default(),
+            default_system_prompt: "You are a helpful assistant.".into(),
+            reply_budget_tokens: 1024,
+            history_window: 200,
+            max_content_bytes: 100_000,
+            connect_timeout_ms: 5_000,
+            header_timeout_ms: 60_000,
+            idle_timeout_ms: 60_000,
+            request_timeout_ms: 300_000,
+            retry_attempts: 3,
+            retry_base_delay_ms: 250,
+            retry_max_delay_ms: 4_000,
+            stream_retention_secs: 600,
+            heartbeat_ms: 1_000,
+            lease_timeout_ms: 5_000,
+            checkpoint_ms: 1_000,
+            max_concurrent: 2_000,
+            warm_up_tokenizers: true,
+        }
+    }
+}
+
+/// Operator-wide provider keys (secrets; never logged).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OperatorKeys {
+    pub claude: Option<SecretString>,
+    pub openai: Option<SecretString>,
+    pub google: Option<SecretString>,
+}
+
+impl OperatorKeys {
+    /// The key for an `apiKeyRequired` name (`claude`, `openai`, `google`).
+    /// An empty value (an unset variable in a compose file) counts as no key.
+    pub fn get(&self, name: &str) -> Option<&SecretString> {
+        let key = match name {
+            "claude" => self.claude.as_ref(),
+            "openai" => self.openai.as_ref(),
+            "google" => self.google.as_ref(),
+            _ => None,
+        };
+        key.filter(|k| !k.expose_secret().trim().is_empty())
     }
 }
 
@@ -436,6 +549,27 @@ impl Settings {
         }
         if self.edge.body_limit_bytes < 1024 {
             return invalid("edge.body_limit_bytes must be at least 1024".into());
+        }
+        let i = &self.inference;
+        if i.retry_attempts == 0 {
+            return invalid("inference.retry_attempts must be at least 1".into());
+        }
+        if i.heartbeat_ms == 0 || i.lease_timeout_ms < 2 * i.heartbeat_ms {
+            return invalid(
+                "inference.lease_timeout_ms must be at least twice inference.heartbeat_ms".into(),
+            );
+        }
+        if i.reply_budget_tokens == 0 || i.history_window == 0 || i.max_concurrent == 0 {
+            return invalid(
+                "inference.reply_budget_tokens, history_window and max_concurrent must be positive"
+                    .into(),
+            );
+        }
+        if i.stream_retention_secs == 0 || self.edge.reply_timeout_secs == 0 {
+            return invalid(
+                "inference.stream_retention_secs and edge.reply_timeout_secs must be positive"
+                    .into(),
+            );
         }
         if self.edge.rate_limits.window_secs == 0 {
             return invalid("edge.rate_limits.window_secs must be positive".into());

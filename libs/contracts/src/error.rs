@@ -18,6 +18,16 @@ pub enum ErrorCode {
     PayloadTooLarge,
     UnsupportedMediaType,
     UnprocessableEntity,
+    /// The model needs a provider key that neither the user nor the operator has (422).
+    ApiKeyRequired,
+    /// The provider rejected the key (422).
+    InvalidApiKey,
+    /// Even the newest message does not fit the model's context window (422).
+    ContextTooLarge,
+    /// The generation was cancelled by its owner (409; also an SSE `error` event).
+    GenerationCancelled,
+    /// The router that ran the generation stopped mid-stream (503; also an SSE `error` event).
+    GenerationInterrupted,
     RateLimited,
     InternalError,
     ServiceUnavailable,
@@ -36,7 +46,12 @@ impl ErrorCode {
             Self::Conflict => 409,
             Self::PayloadTooLarge => 413,
             Self::UnsupportedMediaType => 415,
-            Self::UnprocessableEntity => 422,
+            Self::UnprocessableEntity
+            | Self::ApiKeyRequired
+            | Self::InvalidApiKey
+            | Self::ContextTooLarge => 422,
+            Self::GenerationCancelled => 409,
+            Self::GenerationInterrupted => 503,
             Self::RateLimited => 429,
             Self::InternalError => 500,
             Self::ServiceUnavailable => 503,
@@ -57,6 +72,11 @@ impl ErrorCode {
             Self::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
             Self::UnsupportedMediaType => "UNSUPPORTED_MEDIA_TYPE",
             Self::UnprocessableEntity => "UNPROCESSABLE_ENTITY",
+            Self::ApiKeyRequired => "API_KEY_REQUIRED",
+            Self::InvalidApiKey => "INVALID_API_KEY",
+            Self::ContextTooLarge => "CONTEXT_TOO_LARGE",
+            Self::GenerationCancelled => "GENERATION_CANCELLED",
+            Self::GenerationInterrupted => "GENERATION_INTERRUPTED",
             Self::RateLimited => "RATE_LIMITED",
             Self::InternalError => "INTERNAL_ERROR",
             Self::ServiceUnavailable => "SERVICE_UNAVAILABLE",
@@ -142,6 +162,11 @@ mod tests {
             ErrorCode::PayloadTooLarge,
             ErrorCode::UnsupportedMediaType,
             ErrorCode::UnprocessableEntity,
+            ErrorCode::ApiKeyRequired,
+            ErrorCode::InvalidApiKey,
+            ErrorCode::ContextTooLarge,
+            ErrorCode::GenerationCancelled,
+            ErrorCode::GenerationInterrupted,
             ErrorCode::RateLimited,
             ErrorCode::InternalError,
             ErrorCode::ServiceUnavailable,

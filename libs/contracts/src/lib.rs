@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod error;
 pub mod health;
+pub mod inference;
 pub mod secret;
 pub mod subjects;
 pub mod threads;

@@ -6,6 +6,39 @@ pub mod service {
     pub const AUTH: &str = "auth";
     pub const EDGE: &str = "edge-api";
     pub const THREAD: &str = "thread";
+    pub const INFERENCE: &str = "inference";
+}
+
+/// Verbs of the inference router, relative to `<prefix>.inference`.
+pub mod inference {
+    /// Validate, store the user message and start a generation; replies at once.
+    pub const SEND: &str = "send";
+    pub const HEALTH: &str = "health";
+
+    /// `<prefix>.inference.cancel.<messageId>`: the router running that generation listens here
+    /// while it runs; no responder means nothing is running.
+    pub fn cancel_subject(prefix: &str, message_id: &str) -> String {
+        format!("{prefix}.inference.cancel.{message_id}")
+    }
+
+    /// `<prefix>.tokens.<messageId>`: the events of one generation, kept on the tokens stream.
+    pub fn tokens_subject(prefix: &str, message_id: &str) -> String {
+        format!("{prefix}.tokens.{message_id}")
+    }
+
+    /// The JetStream stream holding every generation's events for a short retention.
+    pub fn tokens_stream(prefix: &str) -> String {
+        format!("{prefix}-tokens")
+    }
+
+    /// KV bucket of running generations (`gen.<messageId>`) and router heartbeats
+    /// (`router.<routerId>`).
+    pub fn generations_bucket(prefix: &str) -> String {
+        format!("{prefix}-generations")
+    }
+
+    /// Header on every event of the tokens stream: the SSE event name.
+    pub const EVENT_HEADER: &str = "Polylogue-Event";
 }
 
 /// Verbs of the thread service, relative to `<prefix>.thread`.
@@ -18,6 +51,7 @@ pub mod thread {
     pub const MESSAGES_LIST: &str = "messages.list";
     pub const MESSAGES_APPEND: &str = "messages.append";
     pub const MESSAGES_UPDATE: &str = "messages.update";
+    pub const MESSAGES_GET: &str = "messages.get";
     pub const HISTORY: &str = "history";
     pub const SUMMARY_PUT: &str = "summary.put";
     pub const HEALTH: &str = "health";

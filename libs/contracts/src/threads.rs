@@ -190,6 +190,19 @@ pub struct AppendMessageRequest {
 pub struct AppendMessageReply {
     pub message: MessageView,
     pub duplicate: bool,
+    /// The stored message's context receipt (for a duplicate: what the first append stored).
+    #[serde(default)]
+    pub context: Option<serde_json::Value>,
+}
+
+/// Internal: one message of a (thread, model) history, owner-checked.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GetMessageRequest {
+    pub user_id: String,
+    pub thread_id: String,
+    pub model_id: String,
+    pub message_id: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

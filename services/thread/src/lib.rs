@@ -12,8 +12,9 @@ use polylogue_catalog::Catalog;
 use polylogue_config::Settings;
 use polylogue_contracts::subjects::{service as names, thread as verbs};
 use polylogue_contracts::threads::{
-    AppendMessageRequest, CreateThreadRequest, HistoryRequest, ListMessagesRequest,
-    ListThreadsRequest, PutSummaryRequest, RenameThreadRequest, ThreadRef, UpdateMessageRequest,
+    AppendMessageRequest, CreateThreadRequest, GetMessageRequest, HistoryRequest,
+    ListMessagesRequest, ListThreadsRequest, PutSummaryRequest, RenameThreadRequest, ThreadRef,
+    UpdateMessageRequest,
 };
 use polylogue_storage::search::ThreadSearch;
 use polylogue_storage::threads::ThreadStore;
@@ -160,6 +161,7 @@ pub async fn start(
     endpoint!(verbs::MESSAGES_LIST, ListMessagesRequest, messages);
     endpoint!(verbs::MESSAGES_APPEND, AppendMessageRequest, append);
     endpoint!(verbs::MESSAGES_UPDATE, UpdateMessageRequest, update);
+    endpoint!(verbs::MESSAGES_GET, GetMessageRequest, message);
     endpoint!(verbs::HISTORY, HistoryRequest, history);
     endpoint!(verbs::SUMMARY_PUT, PutSummaryRequest, put_summary);
     let s = Arc::clone(&service);

@@ -7,10 +7,10 @@ use polylogue_contracts::health::DependencyHealth;
 use polylogue_contracts::subjects::events as kinds;
 use polylogue_contracts::threads::{
     AppendMessageReply, AppendMessageRequest, CreateThreadRequest, DeletedThread, DomainEvent,
-    HistoryReply, HistoryRequest, LastMessageView, ListMessagesRequest, ListThreadsRequest,
-    MessagePage, MessageView, ModelHistoryView, Pagination, PutSummaryReply, PutSummaryRequest,
-    RenameThreadRequest, RenamedThread, SummaryView, ThreadDetail, ThreadPage, ThreadRef,
-    ThreadView, UpdateMessageRequest,
+    GetMessageRequest, HistoryReply, HistoryRequest, LastMessageView, ListMessagesRequest,
+    ListThreadsRequest, MessagePage, MessageView, ModelHistoryView, Pagination, PutSummaryReply,
+    PutSummaryRequest, RenameThreadRequest, RenamedThread, SummaryView, ThreadDetail, ThreadPage,
+    ThreadRef, ThreadView, UpdateMessageRequest,
 };
 use polylogue_contracts::{ApiError, ErrorCode};
 use polylogue_storage::search::{SearchDoc, ThreadSearch};
@@ -123,6 +123,12 @@ fn sort_field(raw: &str) -> Result<SortField, ApiError> {
         _ => Err(ApiError::validation("orderBy", "orderBy must be created_at or updated_at")
             .with_details(serde_json::json!({ "field": "orderBy", "expected": "created_at | updated_at" }))),
     }
+}
+
+fn stored_context(m: &MessageRecord) -> Option<serde_json::Value> {
+    m.context
+        .as_deref()
+        .and_then(|c| serde_json::from_str(c).ok())
 }
 
 pub fn message_view(m: &MessageRecord) -> MessageView {
@@ -551,11 +557,13 @@ impl ThreadService {
                 Ok(AppendMessageReply {
                     message: message_view(&m),
                     duplicate: false,
+                    context: stored_context(&m),
                 })
             }
             AppendOutcome::Duplicate(m) => Ok(AppendMessageReply {
                 message: message_view(&m),
                 duplicate: true,
+                context: stored_context(&m),
             }),
             AppendOutcome::NoThread => Err(thread_not_found()),
         }
@@ -586,6 +594,20 @@ impl ThreadService {
             .await
             .map_err(store_error)?
             .ok_or_else(|| ApiError::new(ErrorCode::NotFound, "message not found"))?;
+        Ok(message_view(&m))
+    }
+
+    pub async fn message(&self, req: GetMessageRequest) -> Result<MessageView, ApiError> {
+        let owner = user_id(&req.user_id)?;
+        let thread = thread_id(&req.thread_id)?;
+        let not_found = || ApiError::new(ErrorCode::NotFound, "message not found");
+        let id = Uuid::parse_str(&req.message_id).map_err(|_| not_found())?;
+        let m = self
+            .store
+            .message(owner, thread, &req.model_id, id)
+            .await
+            .map_err(store_error)?
+            .ok_or_else(not_found)?;
         Ok(message_view(&m))
     }
 
