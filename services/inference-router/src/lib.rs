@@ -1,0 +1,447 @@
+//! The inference router: validates a send, assembles the context of the (thread, model) history,
+//! stores the user message, then runs the generation in the background — provider call with
+//! retries before the first token, tokens published to the tokens stream, the assistant message
+//! stored from its first token to its end — while the edge relays the stream to the client.
+//! Generations hold leases; a router that dies mid-stream has its generations ended
+//! `interrupted` by the routers that remain.
+
+pub mod assembly;
+pub mod events;
+mod generation;
+mod keys;
+mod persist;
+
+use anyhow::Context;
+use async_nats::jetstream;
+use dashmap::DashMap;
+use polylogue_bus::generations::Leases;
+use polylogue_bus::{Bus, RequestContext, ServiceHost, handler};
+use polylogue_catalog::{Catalog, ModelEntry};
+use polylogue_config::{InferenceSettings, Settings};
+use polylogue_contracts::inference::{SendMessageReply, SendMessageRequest};
+use polylogue_contracts::subjects::{inference as verbs, service as names, thread as thread_verbs};
+use polylogue_contracts::threads::{
+    AppendMessageReply, AppendMessageRequest, HistoryReply, HistoryRequest,
+};
+use polylogue_contracts::{ApiError, ErrorCode};
+use polylogue_providers::tokens::TokenCounter;
+use polylogue_providers::{CompletionRequest, HttpSettings, Provider, ProviderKind, RetryPolicy};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use generation::Job;
+
+/// How a model is reached: its provider client, or why it cannot be.
+type Route = Result<Arc<dyn Provider>, String>;
+
+pub struct Router {
+    bus: Bus,
+    settings: InferenceSettings,
+    catalog: Arc<Catalog>,
+    routes: HashMap<String, Route>,
+    js: jetstream::Context,
+    leases: Leases,
+    retry: RetryPolicy,
+    permits: Arc<Semaphore>,
+    keys: keys::KeyResolver,
+    /// Running generations, so a crash test can abort them without any goodbye.
+    running: DashMap<String, tokio::task::AbortHandle>,
+    tasks: TaskTracker,
+}
+
+pub struct Running {
+    pub router: Arc<Router>,
+    host: ServiceHost,
+    background: CancellationToken,
+}
+
+impl Running {
+    /// Stops taking sends, lets running generations finish (up to `grace`), then stops the
+    /// heartbeat; generations still running after `grace` are ended `interrupted` by the routers
+    /// that remain.
+    pub async fn stop(self, grace: Duration) {
+        self.host.stop().await;
+        self.router.tasks.close();
+        let _ = tokio::time::timeout(grace, self.router.tasks.wait()).await;
+        for entry in &self.router.running {
+            entry.value().abort();
+        }
+        self.background.cancel();
+        self.router.leases.retire().await;
+    }
+
+    /// Dies like a crashed process: no more heartbeats, every running generation aborted where
+    /// it stands, nothing written on the way out. For tests of the interruption path.
+    pub async fn kill(self) {
+        self.background.cancel();
+        for entry in &self.router.running {
+            entry.value().abort();
+        }
+        self.host.stop().await;
+    }
+}
+
+pub async fn start(
+    settings: &Settings,
+    bus: &Bus,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) -> anyhow::Result<Running> {
+    let s = settings.inference.clone();
+    let catalog = Arc::new(
+        Catalog::load(settings.catalog.path.as_deref()).context("loading the model catalog")?,
+    );
+    let http_settings = HttpSettings {
+        connect_timeout: Duration::from_millis(s.connect_timeout_ms),
+        header_timeout: Duration::from_millis(s.header_timeout_ms),
+        idle_timeout: Duration::from_millis(s.idle_timeout_ms),
+        request_timeout: Duration::from_millis(s.request_timeout_ms),
+        ..HttpSettings::default()
+    };
+    let http = polylogue_providers::http_client(&http_settings)
+        .map_err(|e| anyhow::anyhow!("building the HTTP client: {e}"))?;
+    let routes = routes(&catalog, &s, &http, &http_settings);
+    // The BPE tables take a moment to build; pay for it before taking requests.
+    if s.warm_up_tokenizers {
+        tokio::task::spawn_blocking(polylogue_providers::tokens::warm_up)
+            .await
+            .context("building the tokenizer tables")?;
+    }
+    let js = jetstream::new(bus.client().clone());
+    events::ensure_stream(
+        &js,
+        bus.prefix(),
+        Duration::from_secs(s.stream_retention_secs),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("opening the tokens stream: {e}"))?;
+    let kv = polylogue_bus::generations::open_bucket(&js, bus.prefix())
+        .await
+        .map_err(|e| anyhow::anyhow!("opening the generations bucket: {e}"))?;
+    let router_id = uuid::Uuid::now_v7().simple().to_string();
+    let leases = Leases::new(kv, router_id.clone());
+    leases
+        .heartbeat()
+        .await
+        .map_err(|e| anyhow::anyhow!("first heartbeat: {e}"))?;
+    let router = Arc::new(Router {
+        bus: bus.clone(),
+        retry: RetryPolicy {
+            max_attempts: s.retry_attempts,
+            base_delay: Duration::from_millis(s.retry_base_delay_ms),
+            max_delay: Duration::from_millis(s.retry_max_delay_ms),
+        },
+        permits: Arc::new(Semaphore::new(s.max_concurrent)),
+        keys: keys::KeyResolver::new(s.keys.clone()),
+        settings: s,
+        catalog,
+        routes,
+        js,
+        leases,
+        running: DashMap::new(),
+        tasks: TaskTracker::new(),
+    });
+    let background = shutdown.child_token();
+    tracker.spawn(generation::keep_leases(
+        Arc::clone(&router),
+        background.clone(),
+    ));
+    tracing::info!(router_id = %router_id, "inference router started");
+
+    let host = ServiceHost::start(
+        bus,
+        names::INFERENCE,
+        env!("CARGO_PKG_VERSION"),
+        "context assembly, provider calls and token streams",
+        shutdown,
+        tracker,
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("registering the inference service: {e}"))?;
+    let r = Arc::clone(&router);
+    host.endpoint(
+        verbs::SEND,
+        handler(move |ctx, req: SendMessageRequest| {
+            let r = Arc::clone(&r);
+            async move { r.send(ctx, req).await }
+        }),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("adding endpoint send: {e}"))?;
+    let r = Arc::clone(&router);
+    host.endpoint(
+        verbs::HEALTH,
+        handler(move |_ctx, _req: serde_json::Value| {
+            let r = Arc::clone(&r);
+            async move { Ok(r.health()) }
+        }),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("adding endpoint health: {e}"))?;
+    Ok(Running {
+        router,
+        host,
+        background,
+    })
+}
+
+/// The provider client of every catalog model. Cloud providers use the configured base URL
+/// (validated against private addresses unless allowed); OpenAI-compatible servers use the
+/// catalog's `baseUrl`; Ollama uses `inference.ollama_url` when set, else the catalog's.
+fn routes(
+    catalog: &Catalog,
+    s: &InferenceSettings,
+    http: &reqwest::Client,
+    http_settings: &HttpSettings,
+) -> HashMap<String, Route> {
+    let mut cache: HashMap<(ProviderKind, String), Arc<dyn Provider>> = HashMap::new();
+    let mut routes = HashMap::new();
+    for model in catalog.models() {
+        let route = (|| {
+            let kind = ProviderKind::parse(&model.provider)
+                .ok_or_else(|| format!("unknown provider {:?}", model.provider))?;
+            let (raw, allow_private) = match kind {
+                ProviderKind::Anthropic => (s.anthropic_url.clone(), s.allow_private_base_urls),
+                ProviderKind::OpenAi => (s.openai_url.clone(), s.allow_private_base_urls),
+                ProviderKind::Google => (s.google_url.clone(), s.allow_private_base_urls),
+                // An operator's `inference.ollama_url` wins over the catalog's default host.
+                ProviderKind::Ollama => (s.ollama_url.clone().or(model.base_url.clone()), true),
+                ProviderKind::OpenAiCompatible => (model.base_url.clone(), true),
+            };
+            let raw = raw
+                .or_else(|| kind.default_base_url().map(str::to_owned))
+                .ok_or_else(|| format!("model {} has no baseUrl", model.id))?;
+            let url = polylogue_providers::validate_base_url(&raw, allow_private)
+                .map_err(|e| format!("base URL of model {}: {e}", model.id))?;
+            let provider = cache
+                .entry((kind, url.to_string()))
+                .or_insert_with(|| {
+                    polylogue_providers::provider(kind, url.clone(), http.clone(), http_settings)
+                })
+                .clone();
+            Ok(provider)
+        })();
+        if let Err(problem) = &route {
+            tracing::error!(model = %model.id, %problem, "model unavailable");
+        }
+        routes.insert(model.id.clone(), route);
+    }
+    routes
+}
+
+impl Router {
+    /// Whether this router runs the generation of `message_id` right now.
+    pub fn is_running(&self, message_id: &str) -> bool {
+        self.running.contains_key(message_id)
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    fn health(&self) -> serde_json::Value {
+        serde_json::json!({
+            "running": self.running.len(),
+            "capacity": self.settings.max_concurrent,
+        })
+    }
+
+    pub async fn send(
+        self: &Arc<Self>,
+        ctx: RequestContext,
+        req: SendMessageRequest,
+    ) -> Result<SendMessageReply, ApiError> {
+        let model = self.catalog.get(&req.model_id).ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::NotFound,
+                format!("model {:?} is not in the catalog", req.model_id),
+            )
+        })?;
+        if req.content.trim().is_empty() {
+            return Err(ApiError::validation("content", "content must not be empty"));
+        }
+        if req.content.len() > self.settings.max_content_bytes {
+            return Err(ApiError::new(
+                ErrorCode::ValidationError,
+                format!(
+                    "content is longer than {} bytes",
+                    self.settings.max_content_bytes
+                ),
+            )
+            .with_details(serde_json::json!({
+                "field": "content",
+                "expected": format!("at most {} bytes", self.settings.max_content_bytes),
+            })));
+        }
+        let temperature = temperature(model, req.temperature)?;
+        if req.max_tokens == Some(0) {
+            return Err(ApiError::validation(
+                "maxTokens",
+                "maxTokens must be a positive integer",
+            ));
+        }
+        let provider = match self.routes.get(&model.id) {
+            Some(Ok(p)) => Arc::clone(p),
+            _ => {
+                return Err(ApiError::new(
+                    ErrorCode::ServiceUnavailable,
+                    format!("model {} is not reachable from this installation", model.id),
+                ));
+            }
+        };
+        let key = self.keys.resolve(model)?;
+        let history: HistoryReply = self
+            .bus
+            .request(
+                names::THREAD,
+                thread_verbs::HISTORY,
+                &ctx,
+                &HistoryRequest {
+                    user_id: req.user_id.clone(),
+                    thread_id: req.thread_id.clone(),
+                    model_id: model.id.clone(),
+                    limit: self.settings.history_window,
+                },
+            )
+            .await?;
+        let kind = provider.kind();
+        let counter = TokenCounter::for_model(kind, &model.provider_model);
+        let reply_budget = assembly::reply_budget(
+            req.max_tokens,
+            self.settings.reply_budget_tokens,
+            model.context_length,
+        );
+        let assembled = assembly::assemble(
+            &assembly::Inputs {
+                system_prompt: &self.settings.default_system_prompt,
+                summary: history.summary.as_ref(),
+                history: &history.messages,
+                user_content: &req.content,
+                context_length: model.context_length,
+                reply_budget,
+            },
+            &counter,
+        )
+        .map_err(|t| {
+            ApiError::new(
+                ErrorCode::ContextTooLarge,
+                format!(
+                    "the message needs about {} tokens but model {} leaves {} for the prompt",
+                    t.needed, model.id, t.budget
+                ),
+            )
+            .with_details(serde_json::json!({
+                "neededTokens": t.needed,
+                "budgetTokens": t.budget,
+                "contextLength": model.context_length,
+            }))
+        })?;
+        let Ok(permit) = Arc::clone(&self.permits).try_acquire_owned() else {
+            return Err(ApiError::new(
+                ErrorCode::ServiceUnavailable,
+                "this router is at its generation limit; retry shortly",
+            )
+            .with_details(serde_json::json!({ "retryAfter": 1 })));
+        };
+        // Both ids are made here so that the reply sorts after the message it answers.
+        let user_message_id = uuid::Uuid::now_v7();
+        let mut reply_uuid = uuid::Uuid::now_v7();
+        while reply_uuid <= user_message_id {
+            reply_uuid = uuid::Uuid::now_v7();
+        }
+        let reply_id = reply_uuid.to_string();
+        let appended: AppendMessageReply = self
+            .bus
+            .request(
+                names::THREAD,
+                thread_verbs::MESSAGES_APPEND,
+                &ctx,
+                &AppendMessageRequest {
+                    user_id: req.user_id.clone(),
+                    thread_id: req.thread_id.clone(),
+                    model_id: model.id.clone(),
+                    message_id: Some(user_message_id.to_string()),
+                    idempotency_key: req.idempotency_key.clone(),
+                    role: "user".into(),
+                    content: req.content.clone(),
+                    status: Some("complete".into()),
+                    tokens: Some(assembled.receipt.tokens.user_message),
+                    temperature: None,
+                    context: Some(serde_json::json!({ "replyId": reply_id })),
+                },
+            )
+            .await?;
+        if appended.duplicate {
+            let previous = appended
+                .context
+                .as_ref()
+                .and_then(|c| c.get("replyId"))
+                .and_then(|v| v.as_str())
+                .ok_or_else(|| {
+                    ApiError::new(
+                        ErrorCode::Conflict,
+                        "this Idempotency-Key was used for a message without a reply",
+                    )
+                })?;
+            return Ok(SendMessageReply {
+                user_message: appended.message,
+                assistant_message_id: previous.to_owned(),
+                replayed: true,
+            });
+        }
+        let job = Job {
+            message_id: reply_id.clone(),
+            user_id: req.user_id,
+            thread_id: req.thread_id,
+            model_id: model.id.clone(),
+            provider,
+            key,
+            request: CompletionRequest {
+                model: model.provider_model.clone(),
+                system: assembled.system,
+                messages: assembled.messages,
+                temperature: Some(temperature),
+                max_tokens: reply_budget,
+                num_ctx: (kind == ProviderKind::Ollama).then_some(model.context_length),
+            },
+            receipt: assembled.receipt,
+            temperature,
+            counter,
+            request_id: ctx.request_id.clone(),
+        };
+        generation::spawn(Arc::clone(self), job, permit);
+        metrics::counter!("polylogue_generations_started_total", "model" => model.id.clone())
+            .increment(1);
+        Ok(SendMessageReply {
+            user_message: appended.message,
+            assistant_message_id: reply_id,
+            replayed: false,
+        })
+    }
+}
+
+/// The request's temperature, or the model's default; outside the model's range → 400 with the
+/// spec's `details` (`field`, `expected`).
+fn temperature(model: &ModelEntry, requested: Option<f64>) -> Result<f64, ApiError> {
+    let range = &model.temperature_range;
+    let t = requested.unwrap_or(range.default);
+    if t.is_finite() && t >= range.min && t <= range.max {
+        Ok(t)
+    } else {
+        Err(ApiError::new(
+            ErrorCode::ValidationError,
+            format!(
+                "temperature must be between {} and {} for model {}",
+                range.min, range.max, model.id
+            ),
+        )
+        .with_details(serde_json::json!({
+            "field": "temperature",
+            "expected": format!("number between {} and {}", range.min, range.max),
+        })))
+    }
+}

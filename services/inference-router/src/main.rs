@@ -1,0 +1,48 @@
+//! `polylogue-inference-router`: configuration → telemetry → NATS → serve until SIGTERM/ctrl-c →
+//! let running generations finish (bounded) → drain.
+
+use anyhow::Context;
+use polylogue_config::Settings;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let settings = Settings::from_env().context("loading configuration")?;
+    polylogue_telemetry::init_logs(
+        "inference-router",
+        &settings.telemetry.log_level,
+        &settings.telemetry.log_format,
+    );
+    let shutdown = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let bus = polylogue_bus::Bus::connect(&settings.nats, "inference-router").await?;
+    let running =
+        polylogue_inference_router::start(&settings, &bus, shutdown.clone(), tracker.clone())
+            .await?;
+    let health_bus = bus.clone();
+    let ops = polylogue_telemetry::serve_ops(
+        &settings.inference.ops_listen,
+        Arc::new(move || {
+            let bus = health_bus.clone();
+            Box::pin(async move { bus.ping_server().await.is_ok() })
+        }),
+        shutdown.clone(),
+        &tracker,
+    )
+    .await
+    .context("binding the ops port")?;
+    tracing::info!(ops = %ops, "inference router ready");
+    polylogue_telemetry::shutdown_signal().await;
+    tracing::info!("shutting down; letting running generations finish");
+    running
+        .stop(Duration::from_secs(settings.edge.shutdown_grace_secs))
+        .await;
+    shutdown.cancel();
+    tracker.close();
+    tracker.wait().await;
+    let _ = bus.client().flush().await;
+    Ok(())
+}
