@@ -7,6 +7,7 @@ pub mod envelope;
 pub mod json;
 pub mod middleware;
 pub mod ratelimit;
+pub mod relay;
 pub mod routes;
 pub mod state;
 
@@ -27,7 +28,7 @@ use tokio_util::task::TaskTracker;
 
 pub fn router(state: Arc<EdgeState>, body_limit: usize) -> Router {
     use axum::routing::patch;
-    use routes::{auth, system, threads};
+    use routes::{auth, inference, system, threads};
     Router::new()
         .route("/api/login", post(auth::login))
         .route("/api/logout", post(auth::logout))
@@ -43,8 +44,17 @@ pub fn router(state: Arc<EdgeState>, body_limit: usize) -> Router {
         .route("/api/threads/{threadId}/title", patch(threads::rename))
         .route(
             "/api/threads/{threadId}/models/{modelId}/messages",
-            get(threads::messages),
+            get(threads::messages).post(inference::send),
         )
+        .route(
+            "/api/threads/{threadId}/models/{modelId}/messages/{messageId}/stream",
+            get(inference::resume),
+        )
+        .route(
+            "/api/threads/{threadId}/models/{modelId}/messages/{messageId}/cancel",
+            post(inference::cancel),
+        )
+        .route("/api/models", get(inference::models))
         .fallback(|| async { axum::http::StatusCode::NOT_FOUND })
         .method_not_allowed_fallback(|| async { axum::http::StatusCode::METHOD_NOT_ALLOWED })
         .layer(axum::middleware::from_fn_with_state(
@@ -93,6 +103,25 @@ pub async fn start(
         environment: settings.environment.clone(),
         started: Instant::now(),
         access_ttl: settings.jwt.access_ttl_secs,
+        catalog: Arc::new(
+            polylogue_catalog::Catalog::load(settings.catalog.path.as_deref())
+                .context("loading the model catalog")?,
+        ),
+        js: async_nats::jetstream::new(bus.client().clone()),
+        generations: polylogue_bus::generations::open_bucket(
+            &async_nats::jetstream::new(bus.client().clone()),
+            bus.prefix(),
+        )
+        .await
+        .map_err(|error| tracing::warn!(%error, "generations bucket not opened"))
+        .ok(),
+        tokens: tokio::sync::OnceCell::new(),
+        inference: state::InferenceTimings {
+            keepalive: Duration::from_secs(settings.edge.sse_keepalive_secs.max(1)),
+            reply_timeout: Duration::from_secs(settings.edge.reply_timeout_secs),
+            lease_timeout: Duration::from_millis(settings.inference.lease_timeout_ms),
+            heartbeat: Duration::from_millis(settings.inference.heartbeat_ms),
+        },
     });
     let revocations =
         polylogue_bus::revocations::open(&bus, Duration::from_secs(settings.jwt.access_ttl_secs))

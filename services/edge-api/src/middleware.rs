@@ -7,7 +7,7 @@ use crate::ratelimit::{Decision, Scope};
 use crate::state::EdgeState;
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use polylogue_contracts::auth::AccessClaims;
@@ -211,8 +211,9 @@ pub async fn rate_limit(State(state): State<Arc<EdgeState>>, req: Request, next:
         return response;
     }
     let mut response = next.run(req).await;
-    if response.status() == StatusCode::TOO_MANY_REQUESTS {
-        // An inner limit (per account) answered; keep its own headers.
+    if response.headers().contains_key("x-ratelimit-limit") {
+        // An inner limit (per account) answered with its own headers; keep them. (A provider's
+        // 429 passed through carries the provider's Retry-After and this route's headers.)
         return response;
     }
     add_rate_headers(response.headers_mut(), &decision);

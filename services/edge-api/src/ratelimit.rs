@@ -86,6 +86,20 @@ const SPEC: &[(&str, &str, &str, u32, Scope)] = &[
         Scope::User,
     ),
     (
+        "GET",
+        "/api/threads/{threadId}/models/{modelId}/messages/{messageId}/stream",
+        "messages_stream",
+        60,
+        Scope::User,
+    ),
+    (
+        "POST",
+        "/api/threads/{threadId}/models/{modelId}/messages/{messageId}/cancel",
+        "messages_cancel",
+        30,
+        Scope::User,
+    ),
+    (
         "POST",
         "/api/threads/{threadId}/models/{modelId}/summarize",
         "summarize",

@@ -2,8 +2,12 @@ use crate::cookies::CookiePolicy;
 use crate::ratelimit::RateLimiter;
 use dashmap::DashMap;
 use polylogue_bus::Bus;
+use polylogue_catalog::Catalog;
+use polylogue_contracts::{ApiError, ErrorCode};
 use polylogue_tokens::KeyRing;
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::OnceCell;
 
 /// Build facts baked in by `build.rs`.
 pub struct BuildInfo {
@@ -29,4 +33,35 @@ pub struct EdgeState {
     pub environment: String,
     pub started: Instant,
     pub access_ttl: u64,
+    pub catalog: Arc<Catalog>,
+    pub js: async_nats::jetstream::Context,
+    /// Leases of running generations (for the SSE watchdog); `None` if it could not be opened.
+    pub generations: Option<async_nats::jetstream::kv::Store>,
+    pub tokens: OnceCell<async_nats::jetstream::stream::Stream>,
+    pub inference: InferenceTimings,
+}
+
+pub struct InferenceTimings {
+    pub keepalive: Duration,
+    pub reply_timeout: Duration,
+    pub lease_timeout: Duration,
+    pub heartbeat: Duration,
+}
+
+impl EdgeState {
+    /// The tokens stream (created by the inference router), looked up once.
+    pub async fn tokens_stream(&self) -> Result<&async_nats::jetstream::stream::Stream, ApiError> {
+        let name = polylogue_contracts::subjects::inference::tokens_stream(self.bus.prefix());
+        self.tokens
+            .get_or_try_init(|| async {
+                self.js.get_stream(&name).await.map_err(|error| {
+                    tracing::warn!(%error, "tokens stream not found");
+                    ApiError::new(
+                        ErrorCode::ServiceUnavailable,
+                        "inference is not available: no router has started",
+                    )
+                })
+            })
+            .await
+    }
 }

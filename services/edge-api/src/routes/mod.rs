@@ -1,4 +1,5 @@
 pub mod auth;
+pub mod inference;
 pub mod system;
 pub mod threads;
 
