@@ -151,6 +151,17 @@ pub fn test_settings(nats_url: &str, data_dir: &std::path::Path) -> Settings {
     s.edge.ops_listen = "127.0.0.1:0".into();
     s.auth.ops_listen = "127.0.0.1:0".into();
     s.thread.ops_listen = "127.0.0.1:0".into();
+    s.inference.ops_listen = "127.0.0.1:0".into();
+    // Fast leases and retries so failure paths resolve within a test's patience.
+    s.inference.heartbeat_ms = 100;
+    s.inference.lease_timeout_ms = 800;
+    s.inference.checkpoint_ms = 100;
+    s.inference.retry_base_delay_ms = 10;
+    s.inference.retry_max_delay_ms = 50;
+    s.inference.allow_private_base_urls = true;
+    // Most tests never count OpenAI tokens; those that do build the tables on first use.
+    s.inference.warm_up_tokenizers = false;
+    s.edge.sse_keepalive_secs = 1;
     s.auth.registration_enabled = Some(true);
     s.jwt.keys = vec![JwtKey {
         kid: "test-1".into(),
@@ -169,6 +180,59 @@ struct AuthNode {
     shutdown: CancellationToken,
 }
 
+struct RouterNode {
+    running: polylogue_inference_router::Running,
+    shutdown: CancellationToken,
+}
+
+/// The operator key the test clusters configure for every cloud provider (the simulator accepts
+/// any key without `invalid` in it).
+pub const SIM_KEY: &str = "sk-sim-operator-key-0123456789";
+
+/// The shipped catalog, plus test models on the simulator: `sim-ollama` (Ollama wire format),
+/// `sim-compatible` (OpenAI-compatible) and `sim-small` (an Anthropic model with a 400-token
+/// window, for context-budget tests). The local llama.cpp model points at
+/// `POLYLOGUE_TEST_LLAMA_URL` when set.
+pub fn test_catalog(sim_base: &str) -> String {
+    let llama = std::env::var("POLYLOGUE_TEST_LLAMA_URL")
+        .unwrap_or_else(|_| "http://127.0.0.1:9/v1".into());
+    let mut text = polylogue_catalog::DEFAULT_CATALOG.replace("http://127.0.0.1:8090/v1", &llama);
+    text.push_str(&format!(
+        r#"
+[[models]]
+id = "sim-ollama"
+name = "Simulated Ollama model"
+provider = "ollama"
+providerModel = "sim:latest"
+baseUrl = "{sim_base}"
+capabilities = ["text"]
+contextLength = 4096
+temperatureRange = {{ min = 0.0, max = 2.0, step = 0.1, default = 0.7 }}
+
+[[models]]
+id = "sim-compatible"
+name = "Simulated OpenAI-compatible server"
+provider = "openai-compatible"
+providerModel = "sim-local"
+baseUrl = "{sim_base}/v1"
+capabilities = ["text"]
+contextLength = 4096
+temperatureRange = {{ min = 0.0, max = 2.0, step = 0.1, default = 0.7 }}
+
+[[models]]
+id = "sim-small"
+name = "Simulated small-window model"
+provider = "anthropic"
+providerModel = "claude-sim-small"
+apiKeyRequired = "claude"
+capabilities = ["text"]
+contextLength = 400
+temperatureRange = {{ min = 0.0, max = 1.0, step = 0.1, default = 0.5 }}
+"#
+    ));
+    text
+}
+
 struct ThreadNode {
     running: polylogue_thread::Running,
     shutdown: CancellationToken,
@@ -183,6 +247,9 @@ pub struct TestCluster {
     pub edge: polylogue_edge_api::Running,
     auth: Option<AuthNode>,
     thread: Option<ThreadNode>,
+    routers: Vec<RouterNode>,
+    /// The provider simulator every cloud provider of this cluster points at.
+    pub sim: polylogue_provider_sim::SimServer,
     shutdown: CancellationToken,
     tracker: TaskTracker,
     _dir: TempDir,
@@ -195,15 +262,39 @@ impl TestCluster {
 
     pub async fn start_with(configure: impl FnOnce(&mut Settings)) -> Self {
         captured_logs();
+        Self::start_with_sim(polylogue_provider_sim::SimConfig::default(), configure).await
+    }
+
+    /// A cluster whose simulator has these defaults (delays, reply length).
+    pub async fn start_with_sim(
+        sim: polylogue_provider_sim::SimConfig,
+        configure: impl FnOnce(&mut Settings),
+    ) -> Self {
+        captured_logs();
         let nats = NatsServer::start();
         let dir = tempfile::tempdir().expect("tempdir");
+        let sim = polylogue_provider_sim::SimServer::start(sim)
+            .await
+            .expect("provider simulator starts");
         let mut settings = test_settings(&nats.url, dir.path());
+        let sim_base = sim.base_url();
+        settings.inference.anthropic_url = Some(sim_base.clone());
+        settings.inference.openai_url = Some(format!("{sim_base}/v1"));
+        settings.inference.google_url = Some(sim_base.clone());
+        settings.inference.ollama_url = Some(sim_base.clone());
+        settings.inference.keys.claude = Some(SIM_KEY.into());
+        settings.inference.keys.openai = Some(SIM_KEY.into());
+        settings.inference.keys.google = Some(SIM_KEY.into());
+        let catalog = dir.path().join("catalog.toml");
+        std::fs::write(&catalog, test_catalog(&sim_base)).expect("catalog written");
+        settings.catalog.path = Some(catalog);
         configure(&mut settings);
         settings.validate().expect("test settings are valid");
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
         let auth = Self::start_auth(&settings, &tracker).await;
         let thread = Self::start_thread(&settings, &tracker).await;
+        let router = Self::start_router_node(&settings, &tracker).await;
         let bus = Bus::connect(&settings.nats, "edge-api")
             .await
             .expect("edge connects");
@@ -218,6 +309,8 @@ impl TestCluster {
             settings,
             auth: Some(auth),
             thread: Some(thread),
+            routers: vec![router],
+            sim,
             shutdown,
             tracker,
             _dir: dir,
@@ -261,6 +354,43 @@ impl TestCluster {
         .await
         .expect("thread starts");
         ThreadNode { running, shutdown }
+    }
+
+    async fn start_router_node(settings: &Settings, tracker: &TaskTracker) -> RouterNode {
+        let bus = Bus::connect(&settings.nats, "inference-router")
+            .await
+            .expect("router connects");
+        let shutdown = CancellationToken::new();
+        let running =
+            polylogue_inference_router::start(settings, &bus, shutdown.clone(), tracker.clone())
+                .await
+                .expect("router starts");
+        RouterNode { running, shutdown }
+    }
+
+    /// Starts another inference-router replica.
+    pub async fn start_router(&mut self) {
+        let node = Self::start_router_node(&self.settings, &self.tracker).await;
+        self.routers.push(node);
+    }
+
+    /// The index of the router running the generation of `message_id`.
+    pub fn router_running(&self, message_id: &str) -> Option<usize> {
+        self.routers
+            .iter()
+            .position(|r| r.running.router.is_running(message_id))
+    }
+
+    /// How many routers run.
+    pub fn routers(&self) -> usize {
+        self.routers.len()
+    }
+
+    /// Kills router `index` like a crashed process: no goodbye, no final writes.
+    pub async fn kill_router(&mut self, index: usize) {
+        let node = self.routers.remove(index);
+        node.running.kill().await;
+        node.shutdown.cancel();
     }
 
     /// Stops the thread service.
@@ -403,6 +533,9 @@ impl Drop for TestCluster {
             node.shutdown.cancel();
         }
         if let Some(node) = &self.thread {
+            node.shutdown.cancel();
+        }
+        for node in &self.routers {
             node.shutdown.cancel();
         }
     }

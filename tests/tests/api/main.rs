@@ -2,12 +2,14 @@
 #![expect(
     clippy::unwrap_used,
     clippy::expect_used,
+    clippy::panic,
     reason = "test helpers: a failed unwrap is a failed test"
 )]
 
 mod auth;
 mod envelope;
 mod health;
+mod inference;
 mod lifecycle;
 mod rate_limits;
 mod threads;
