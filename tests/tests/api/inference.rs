@@ -1073,3 +1073,56 @@ async fn the_real_local_model_answers() {
     );
     assert!(app.sim.requests().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_key_never_reaches_a_response_or_a_log() {
+    const CANARY: &str = "sk-invalid-canary-7f3a9c1e5b";
+    let app = cluster_with(SimConfig::default(), |s| {
+        s.inference.keys.claude = Some(CANARY.into());
+        s.inference.keys.openai = Some(CANARY.into());
+    })
+    .await;
+    let who = app
+        .signed_in("canary@example.com", "correct horse battery")
+        .await;
+    let t = thread(&app, &who).await;
+    for model in ["claude-sonnet", "gpt-4o"] {
+        let r = post(&app, &who, &t, model, json!({ "content": "hi" }), None).await;
+        let (status, doc) = envelope(r).await;
+        assert_eq!(
+            (status, doc["error"]["code"].as_str().unwrap()),
+            (422, "INVALID_API_KEY"),
+            "{doc}"
+        );
+        assert!(!doc.to_string().contains(CANARY), "{doc}");
+        let events = SseReader::open(
+            post(
+                &app,
+                &who,
+                &t,
+                model,
+                json!({ "content": "hi", "stream": true }),
+                None,
+            )
+            .await,
+        )
+        .await
+        .all()
+        .await;
+        assert!(events.iter().all(|e| !e.data.to_string().contains(CANARY)));
+        assert_eq!(
+            events[events.len() - 2].data["error"]["code"],
+            "INVALID_API_KEY"
+        );
+    }
+    // The simulator saw a key on every call; nothing the system wrote shows it.
+    assert!(app.sim.requests().iter().all(|r| r.has_key));
+    let h = history(&app, &who, &t, "claude-sonnet").await;
+    assert!(!serde_json::to_string(&h).unwrap().contains(CANARY));
+    let logs = polylogue_tests::captured_logs().contents();
+    assert!(
+        logs.contains("generation ended"),
+        "the generations were logged"
+    );
+    assert!(!logs.contains(CANARY), "a provider key reached the logs");
+}
