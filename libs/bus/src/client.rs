@@ -100,11 +100,29 @@ impl Bus {
         Q: Serialize + ?Sized,
         R: DeserializeOwned,
     {
+        self.request_with_timeout(service, verb, ctx, request, self.timeout)
+            .await
+    }
+
+    /// [`Bus::request`] with its own bound instead of `nats.request_timeout_ms`, for verbs that
+    /// take seconds by nature (a summary is a whole model call).
+    pub async fn request_with_timeout<Q, R>(
+        &self,
+        service: &str,
+        verb: &str,
+        ctx: &RequestContext,
+        request: &Q,
+        timeout: Duration,
+    ) -> Result<R, ApiError>
+    where
+        Q: Serialize + ?Sized,
+        R: DeserializeOwned,
+    {
         let payload = serde_json::to_vec(request).map_err(|_| ApiError::internal())?;
         let subject = self.subject(service, verb);
         let started = Instant::now();
         let reply = self
-            .raw_request(subject, ctx, Bytes::from(payload), service)
+            .raw_request(subject, ctx, Bytes::from(payload), service, timeout)
             .await;
         metrics::histogram!("polylogue_bus_request_seconds", "service" => service.to_owned(), "verb" => verb.to_owned())
             .record(started.elapsed().as_secs_f64());
@@ -126,11 +144,12 @@ impl Bus {
         ctx: &RequestContext,
         payload: Bytes,
         service: &str,
+        timeout: Duration,
     ) -> Result<async_nats::Message, ApiError> {
         let request = async_nats::Request::new()
             .payload(payload)
-            .headers(ctx.to_headers(self.timeout))
-            .timeout(Some(self.timeout));
+            .headers(ctx.to_headers(timeout))
+            .timeout(Some(timeout));
         self.client
             .send_request(subject, request)
             .await

@@ -33,6 +33,7 @@ pub struct Settings {
     pub auth: AuthSettings,
     pub thread: ThreadSettings,
     pub inference: InferenceSettings,
+    pub summarizer: SummarizerSettings,
     pub catalog: CatalogSettings,
 }
 
@@ -48,6 +49,7 @@ impl Default for Settings {
             auth: AuthSettings::default(),
             thread: ThreadSettings::default(),
             inference: InferenceSettings::default(),
+            summarizer: SummarizerSettings::default(),
             catalog: CatalogSettings::default(),
         }
     }
@@ -346,6 +348,66 @@ impl Default for InferenceSettings {
     }
 }
 
+/// The summarizer: when a (thread, model) history gets a new summary, how long summaries are,
+/// and how failed work is retried. Provider endpoints and keys are `[inference]`'s.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SummarizerSettings {
+    pub ops_listen: String,
+    /// Durable JetStream consumer of `message.created` events, shared by every replica.
+    pub consumer: String,
+    /// Summarize when the uncovered part of a history needs more than this share of the
+    /// model's prompt budget (context length − reply budget, as context assembly computes it).
+    pub trigger_share: f64,
+    /// ... or when it has at least this many messages (user messages and complete replies).
+    pub trigger_messages: u32,
+    /// The automatic trigger leaves the newest messages verbatim; the summary covers up to the
+    /// one before them. The manual endpoint covers every message.
+    pub keep_recent: u32,
+    /// Length bounds of a summary, in tokens of the summarizing model's counter.
+    pub min_tokens: u32,
+    pub max_tokens: u32,
+    /// Catalog id of the model that writes every summary; default: the history's own model.
+    pub model: Option<String>,
+    /// Deliveries of one event before its work goes to the dead-letter subject.
+    pub max_deliver: u64,
+    /// Redelivery delays after failed attempts 1, 2, …; the last one repeats.
+    pub backoff_ms: Vec<u64>,
+    /// Redelivery delay of an event whose history is being summarized by someone else.
+    pub busy_retry_ms: u64,
+    /// Crash safety of the per-history lock: a lock not refreshed for this long is free again
+    /// (the holder refreshes it every third of it).
+    pub lock_ttl_secs: u64,
+    /// Histories summarized at once per replica.
+    pub max_concurrent: usize,
+    /// How long the edge waits for a manual summary.
+    pub request_timeout_secs: u64,
+    /// How long dead letters are kept on their stream.
+    pub dead_letter_retention_secs: u64,
+}
+
+impl Default for SummarizerSettings {
+    fn default() -> Self {
+        Self {
+            ops_listen: "127.0.0.1:9185".into(),
+            consumer: "summarizer".into(),
+            trigger_share: 0.5,
+            trigger_messages: 40,
+            keep_recent: 4,
+            min_tokens: 300,
+            max_tokens: 700,
+            model: None,
+            max_deliver: 5,
+            backoff_ms: vec![1_000, 5_000, 30_000, 120_000],
+            busy_retry_ms: 1_000,
+            lock_ttl_secs: 60,
+            max_concurrent: 4,
+            request_timeout_secs: 180,
+            dead_letter_retention_secs: 30 * 24 * 3600,
+        }
+    }
+}
+
 /// Operator-wide provider keys (secrets; never logged).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -571,6 +633,44 @@ impl Settings {
                     .into(),
             );
         }
+        let z = &self.summarizer;
+        if !(z.trigger_share > 0.0 && z.trigger_share <= 1.0) {
+            return invalid("summarizer.trigger_share must be in (0, 1]".into());
+        }
+        if z.trigger_messages == 0 || z.trigger_messages > 1000 {
+            return invalid("summarizer.trigger_messages must be 1-1000".into());
+        }
+        if z.min_tokens == 0 || z.min_tokens >= z.max_tokens {
+            return invalid(
+                "summarizer.min_tokens must be positive and below summarizer.max_tokens".into(),
+            );
+        }
+        if z.max_deliver == 0 || z.max_concurrent == 0 || z.request_timeout_secs == 0 {
+            return invalid(
+                "summarizer.max_deliver, max_concurrent and request_timeout_secs must be positive"
+                    .into(),
+            );
+        }
+        if z.backoff_ms.is_empty() || z.busy_retry_ms == 0 {
+            return invalid(
+                "summarizer.backoff_ms must name at least one delay and busy_retry_ms be positive"
+                    .into(),
+            );
+        }
+        if z.lock_ttl_secs < 3 {
+            return invalid("summarizer.lock_ttl_secs must be at least 3".into());
+        }
+        if z.dead_letter_retention_secs == 0 {
+            return invalid("summarizer.dead_letter_retention_secs must be positive".into());
+        }
+        if z.consumer.is_empty()
+            || !z
+                .consumer
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return invalid("summarizer.consumer must be made of [A-Za-z0-9_-]".into());
+        }
         if self.edge.rate_limits.window_secs == 0 {
             return invalid("edge.rate_limits.window_secs must be positive".into());
         }
@@ -662,6 +762,33 @@ secret = "0123456789abcdef0123456789abcdef-secret"
     fn unknown_keys_are_refused() {
         let f = file(&format!("[edge]\nlisten_typo = \"x\"\n{KEY}"));
         assert!(Settings::load(Some(f.path())).is_err());
+    }
+
+    #[test]
+    fn summarizer_settings_are_read_and_checked() {
+        let f = file(&format!(
+            "[summarizer]\ntrigger_messages = 6\nmodel = \"claude-haiku\"\nbackoff_ms = [10, 20]\n{KEY}"
+        ));
+        let s = Settings::load(Some(f.path())).unwrap();
+        assert_eq!(s.summarizer.trigger_messages, 6);
+        assert_eq!(s.summarizer.model.as_deref(), Some("claude-haiku"));
+        assert_eq!(s.summarizer.backoff_ms, [10, 20]);
+        assert_eq!(
+            (s.summarizer.min_tokens, s.summarizer.max_tokens),
+            (300, 700)
+        );
+        for bad in [
+            "trigger_share = 0.0",
+            "trigger_share = 1.5",
+            "min_tokens = 800",
+            "max_deliver = 0",
+            "backoff_ms = []",
+            "lock_ttl_secs = 1",
+            "consumer = \"a.b\"",
+        ] {
+            let f = file(&format!("[summarizer]\n{bad}\n{KEY}"));
+            assert!(Settings::load(Some(f.path())).is_err(), "{bad} accepted");
+        }
     }
 
     #[test]

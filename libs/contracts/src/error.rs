@@ -24,6 +24,8 @@ pub enum ErrorCode {
     InvalidApiKey,
     /// Even the newest message does not fit the model's context window (422).
     ContextTooLarge,
+    /// A summary was asked for a history with no message it does not already cover (422).
+    NothingToSummarize,
     /// The generation was cancelled by its owner (409; also an SSE `error` event).
     GenerationCancelled,
     /// The router that ran the generation stopped mid-stream (503; also an SSE `error` event).
@@ -49,7 +51,8 @@ impl ErrorCode {
             Self::UnprocessableEntity
             | Self::ApiKeyRequired
             | Self::InvalidApiKey
-            | Self::ContextTooLarge => 422,
+            | Self::ContextTooLarge
+            | Self::NothingToSummarize => 422,
             Self::GenerationCancelled => 409,
             Self::GenerationInterrupted => 503,
             Self::RateLimited => 429,
@@ -75,6 +78,7 @@ impl ErrorCode {
             Self::ApiKeyRequired => "API_KEY_REQUIRED",
             Self::InvalidApiKey => "INVALID_API_KEY",
             Self::ContextTooLarge => "CONTEXT_TOO_LARGE",
+            Self::NothingToSummarize => "NOTHING_TO_SUMMARIZE",
             Self::GenerationCancelled => "GENERATION_CANCELLED",
             Self::GenerationInterrupted => "GENERATION_INTERRUPTED",
             Self::RateLimited => "RATE_LIMITED",
@@ -165,6 +169,7 @@ mod tests {
             ErrorCode::ApiKeyRequired,
             ErrorCode::InvalidApiKey,
             ErrorCode::ContextTooLarge,
+            ErrorCode::NothingToSummarize,
             ErrorCode::GenerationCancelled,
             ErrorCode::GenerationInterrupted,
             ErrorCode::RateLimited,

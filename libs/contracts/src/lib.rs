@@ -8,6 +8,7 @@ pub mod health;
 pub mod inference;
 pub mod secret;
 pub mod subjects;
+pub mod summaries;
 pub mod threads;
 
 pub use error::{ApiError, ErrorCode};

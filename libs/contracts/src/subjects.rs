@@ -7,6 +7,7 @@ pub mod service {
     pub const EDGE: &str = "edge-api";
     pub const THREAD: &str = "thread";
     pub const INFERENCE: &str = "inference";
+    pub const SUMMARIZER: &str = "summarizer";
 }
 
 /// Verbs of the inference router, relative to `<prefix>.inference`.
@@ -55,6 +56,34 @@ pub mod thread {
     pub const HISTORY: &str = "history";
     pub const SUMMARY_PUT: &str = "summary.put";
     pub const HEALTH: &str = "health";
+}
+
+/// Verbs of the summarizer, relative to `<prefix>.summarizer`, and its JetStream names.
+pub mod summarizer {
+    /// Summarize a (thread, model) history now (the manual endpoint).
+    pub const SUMMARIZE: &str = "summarize";
+    pub const HEALTH: &str = "health";
+
+    /// `<prefix>.summarizer.dead`: message events whose summary could not be written within the
+    /// configured deliveries, kept on the dead-letter stream.
+    pub fn dead_letter_subject(prefix: &str) -> String {
+        format!("{prefix}.summarizer.dead")
+    }
+
+    /// The stream keeping dead letters.
+    pub fn dead_letter_stream(prefix: &str) -> String {
+        format!("{prefix}-summarizer-dead")
+    }
+
+    /// KV bucket of per-history locks (`<threadId>.<model key>`): one writer per history.
+    pub fn locks_bucket(prefix: &str) -> String {
+        format!("{prefix}-summarizer-locks")
+    }
+
+    /// KV bucket of internal per-history state: histories whose summary is stale.
+    pub fn state_bucket(prefix: &str) -> String {
+        format!("{prefix}-summarizer-state")
+    }
 }
 
 /// Domain events: `<prefix>.events.<kind>` on the `<prefix>-events` JetStream stream.

@@ -232,6 +232,11 @@ pub struct HistoryRequest {
     pub thread_id: String,
     pub model_id: String,
     pub limit: u32,
+    /// `false` (context assembly): the newest `limit` messages after the covered range.
+    /// `true` (the summarizer, which reads forward): the oldest `limit` messages after it, so
+    /// that a long uncovered stretch is summarized from its start, without a gap.
+    #[serde(default)]
+    pub oldest_first: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -256,6 +261,10 @@ pub struct PutSummaryRequest {
 pub struct PutSummaryReply {
     pub stored: bool,
     pub current_version: u64,
+    /// When the stored summary was written (the thread service's clock, as `summaryUpdatedAt`
+    /// shows it); `None` when nothing was stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generated_at: Option<String>,
 }
 
 /// A domain event on `<prefix>.events.<kind>`, de-duplicated by `Nats-Msg-Id` = `id`.

@@ -26,6 +26,15 @@ const OPENAI_ROLE: u32 = 1;
 const REPLY_PRIMING: u32 = 3;
 /// Per-message overhead of the estimate.
 const ESTIMATE_PER_MESSAGE: u32 = 4;
+/// Share of the window an estimating counter may fill: the byte-based estimate overcounts prose
+/// but can undercount dense code by up to ~20%, so a tenth of the window is kept in reserve.
+const ESTIMATE_MARGIN: f64 = 0.9;
+
+/// The reply budget of a request: what it asked for (or the configured default), at most a
+/// quarter of the window, at least 1.
+pub fn reply_budget(requested: Option<u32>, default: u32, context_length: u32) -> u32 {
+    requested.unwrap_or(default).min(context_length / 4).max(1)
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Method {
@@ -82,6 +91,23 @@ impl TokenCounter {
     /// Whether counts are exact (OpenAI BPE) rather than estimated.
     pub fn is_exact(&self) -> bool {
         self.method != Method::Estimate
+    }
+
+    /// Tokens a prompt may take: the window minus the reply budget, less the estimate's
+    /// safety margin when counts are estimated. Context assembly and the summarizer's trigger
+    /// both use it, so they agree on what "fits".
+    pub fn prompt_budget(&self, context_length: u32, reply_budget: u32) -> u32 {
+        let window = context_length.saturating_sub(reply_budget);
+        if self.is_exact() {
+            return window;
+        }
+        #[expect(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            reason = "a whole number of tokens below the margin, bounded by window"
+        )]
+        let reduced = (f64::from(window) * ESTIMATE_MARGIN) as u32;
+        reduced
     }
 
     fn bpe(&self) -> Option<&'static CoreBPE> {
@@ -144,6 +170,17 @@ mod tests {
         let c = TokenCounter::for_model(ProviderKind::OpenAi, "gpt-4");
         // "hello world" is also 2 tokens in cl100k.
         assert_eq!(c.count_text("hello world"), 2);
+    }
+
+    #[test]
+    fn prompt_budget_keeps_a_margin_only_when_estimating() {
+        let exact = TokenCounter::for_model(ProviderKind::OpenAi, "gpt-4o");
+        let est = TokenCounter::for_model(ProviderKind::Anthropic, "claude");
+        assert_eq!(exact.prompt_budget(2048, 512), 1536);
+        assert_eq!(est.prompt_budget(2048, 512), 1382);
+        assert_eq!(est.prompt_budget(100, 200), 0);
+        assert_eq!(reply_budget(None, 1024, 2048), 512);
+        assert_eq!(reply_budget(Some(0), 1024, 2048), 1);
     }
 
     #[test]

@@ -55,6 +55,26 @@ pub fn metrics_handle() -> PrometheusHandle {
                         &[0.5, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3, 1.5, 2.0, 3.0],
                     )
                 })
+                .and_then(|b| {
+                    // Summary lengths in tokens, around the 300-700 bounds.
+                    b.set_buckets_for_metric(
+                        metrics_exporter_prometheus::Matcher::Full(
+                            "polylogue_summary_tokens".into(),
+                        ),
+                        &[
+                            50.0, 100.0, 200.0, 300.0, 400.0, 500.0, 600.0, 700.0, 800.0, 1000.0,
+                        ],
+                    )
+                })
+                .and_then(|b| {
+                    // A summary is a whole model call: seconds to minutes.
+                    b.set_buckets_for_metric(
+                        metrics_exporter_prometheus::Matcher::Full(
+                            "polylogue_summary_seconds".into(),
+                        ),
+                        &[0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0],
+                    )
+                })
                 .map(|b| b.build_recorder())
                 .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
             let handle = recorder.handle();

@@ -58,30 +58,12 @@ pub struct Inputs<'a> {
 
 const SUMMARY_HEADER: &str = "\n\nSummary of the earlier conversation:\n";
 
-/// The reply budget for a request: what it asked for (or the configured default), at most a
-/// quarter of the window, at least 1.
-pub fn reply_budget(requested: Option<u32>, default: u32, context_length: u32) -> u32 {
-    requested.unwrap_or(default).min(context_length / 4).max(1)
-}
-
-/// Share of the window an estimating counter may fill: the byte-based estimate overcounts prose
-/// but can undercount dense code by up to ~20%, so a tenth of the window is kept in reserve.
-const ESTIMATE_MARGIN: f64 = 0.9;
+/// The reply budget for a request (shared with the summarizer's trigger).
+pub use polylogue_providers::tokens::reply_budget;
 
 pub fn assemble(input: &Inputs<'_>, counter: &TokenCounter) -> Result<Assembled, TooLarge> {
-    let window = input.context_length.saturating_sub(input.reply_budget);
-    let budget = if counter.is_exact() {
-        window
-    } else {
-        // Truncation intended: a whole number of tokens below the margin.
-        #[expect(
-            clippy::cast_possible_truncation,
-            clippy::cast_sign_loss,
-            reason = "bounded by window"
-        )]
-        let reduced = (f64::from(window) * ESTIMATE_MARGIN) as u32;
-        reduced
-    };
+    // The window minus the reply budget, with a margin when counts are estimated.
+    let budget = counter.prompt_budget(input.context_length, input.reply_budget);
     let system_tokens = if input.system_prompt.is_empty() {
         0
     } else {

@@ -8,7 +8,6 @@
 pub mod assembly;
 pub mod events;
 mod generation;
-mod keys;
 mod persist;
 
 use anyhow::Context;
@@ -25,8 +24,7 @@ use polylogue_contracts::threads::{
 };
 use polylogue_contracts::{ApiError, ErrorCode};
 use polylogue_providers::tokens::TokenCounter;
-use polylogue_providers::{CompletionRequest, HttpSettings, Provider, ProviderKind, RetryPolicy};
-use std::collections::HashMap;
+use polylogue_providers::{CompletionRequest, ProviderKind, Registry, RetryPolicy};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
@@ -35,19 +33,16 @@ use tokio_util::task::TaskTracker;
 
 pub use generation::Job;
 
-/// How a model is reached: its provider client, or why it cannot be.
-type Route = Result<Arc<dyn Provider>, String>;
-
 pub struct Router {
     bus: Bus,
     settings: InferenceSettings,
     catalog: Arc<Catalog>,
-    routes: HashMap<String, Route>,
+    /// Provider clients and keys, per catalog model.
+    registry: Registry,
     js: jetstream::Context,
     leases: Leases,
     retry: RetryPolicy,
     permits: Arc<Semaphore>,
-    keys: keys::KeyResolver,
     /// Running generations, so a crash test can abort them without any goodbye.
     running: DashMap<String, tokio::task::AbortHandle>,
     tasks: TaskTracker,
@@ -95,16 +90,8 @@ pub async fn start(
     let catalog = Arc::new(
         Catalog::load(settings.catalog.path.as_deref()).context("loading the model catalog")?,
     );
-    let http_settings = HttpSettings {
-        connect_timeout: Duration::from_millis(s.connect_timeout_ms),
-        header_timeout: Duration::from_millis(s.header_timeout_ms),
-        idle_timeout: Duration::from_millis(s.idle_timeout_ms),
-        request_timeout: Duration::from_millis(s.request_timeout_ms),
-        ..HttpSettings::default()
-    };
-    let http = polylogue_providers::http_client(&http_settings)
-        .map_err(|e| anyhow::anyhow!("building the HTTP client: {e}"))?;
-    let routes = routes(&catalog, &s, &http, &http_settings);
+    let registry = Registry::new(&catalog, &s)
+        .map_err(|e| anyhow::anyhow!("building the provider clients: {e}"))?;
     // The BPE tables take a moment to build; pay for it before taking requests.
     if s.warm_up_tokenizers {
         tokio::task::spawn_blocking(polylogue_providers::tokens::warm_up)
@@ -130,16 +117,11 @@ pub async fn start(
         .map_err(|e| anyhow::anyhow!("first heartbeat: {e}"))?;
     let router = Arc::new(Router {
         bus: bus.clone(),
-        retry: RetryPolicy {
-            max_attempts: s.retry_attempts,
-            base_delay: Duration::from_millis(s.retry_base_delay_ms),
-            max_delay: Duration::from_millis(s.retry_max_delay_ms),
-        },
+        retry: registry.retry_policy().clone(),
         permits: Arc::new(Semaphore::new(s.max_concurrent)),
-        keys: keys::KeyResolver::new(s.keys.clone()),
         settings: s,
         catalog,
-        routes,
+        registry,
         js,
         leases,
         running: DashMap::new(),
@@ -187,50 +169,6 @@ pub async fn start(
         host,
         background,
     })
-}
-
-/// The provider client of every catalog model. Cloud providers use the configured base URL
-/// (validated against private addresses unless allowed); OpenAI-compatible servers use the
-/// catalog's `baseUrl`; Ollama uses `inference.ollama_url` when set, else the catalog's.
-fn routes(
-    catalog: &Catalog,
-    s: &InferenceSettings,
-    http: &reqwest::Client,
-    http_settings: &HttpSettings,
-) -> HashMap<String, Route> {
-    let mut cache: HashMap<(ProviderKind, String), Arc<dyn Provider>> = HashMap::new();
-    let mut routes = HashMap::new();
-    for model in catalog.models() {
-        let route = (|| {
-            let kind = ProviderKind::parse(&model.provider)
-                .ok_or_else(|| format!("unknown provider {:?}", model.provider))?;
-            let (raw, allow_private) = match kind {
-                ProviderKind::Anthropic => (s.anthropic_url.clone(), s.allow_private_base_urls),
-                ProviderKind::OpenAi => (s.openai_url.clone(), s.allow_private_base_urls),
-                ProviderKind::Google => (s.google_url.clone(), s.allow_private_base_urls),
-                // An operator's `inference.ollama_url` wins over the catalog's default host.
-                ProviderKind::Ollama => (s.ollama_url.clone().or(model.base_url.clone()), true),
-                ProviderKind::OpenAiCompatible => (model.base_url.clone(), true),
-            };
-            let raw = raw
-                .or_else(|| kind.default_base_url().map(str::to_owned))
-                .ok_or_else(|| format!("model {} has no baseUrl", model.id))?;
-            let url = polylogue_providers::validate_base_url(&raw, allow_private)
-                .map_err(|e| format!("base URL of model {}: {e}", model.id))?;
-            let provider = cache
-                .entry((kind, url.to_string()))
-                .or_insert_with(|| {
-                    polylogue_providers::provider(kind, url.clone(), http.clone(), http_settings)
-                })
-                .clone();
-            Ok(provider)
-        })();
-        if let Err(problem) = &route {
-            tracing::error!(model = %model.id, %problem, "model unavailable");
-        }
-        routes.insert(model.id.clone(), route);
-    }
-    routes
 }
 
 impl Router {
@@ -284,16 +222,8 @@ impl Router {
                 "maxTokens must be a positive integer",
             ));
         }
-        let provider = match self.routes.get(&model.id) {
-            Some(Ok(p)) => Arc::clone(p),
-            _ => {
-                return Err(ApiError::new(
-                    ErrorCode::ServiceUnavailable,
-                    format!("model {} is not reachable from this installation", model.id),
-                ));
-            }
-        };
-        let key = self.keys.resolve(model)?;
+        let provider = self.registry.provider(&model.id)?;
+        let key = self.registry.key(model)?;
         let history: HistoryReply = self
             .bus
             .request(
@@ -305,6 +235,7 @@ impl Router {
                     thread_id: req.thread_id.clone(),
                     model_id: model.id.clone(),
                     limit: self.settings.history_window,
+                    oldest_first: false,
                 },
             )
             .await?;

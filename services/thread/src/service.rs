@@ -621,18 +621,18 @@ impl ThreadService {
             .summary(owner, thread, &req.model_id)
             .await
             .map_err(store_error)?;
-        let messages = self
-            .store
-            .recent_messages(
-                owner,
-                thread,
-                &req.model_id,
-                summary.as_ref().map(|s| s.covers_until),
-                limit,
-            )
-            .await
-            .map_err(store_error)?
-            .ok_or_else(thread_not_found)?;
+        let covered = summary.as_ref().map(|s| s.covers_until);
+        let messages = if req.oldest_first {
+            self.store
+                .list_messages(owner, thread, &req.model_id, Direction::Asc, covered, limit)
+                .await
+        } else {
+            self.store
+                .recent_messages(owner, thread, &req.model_id, covered, limit)
+                .await
+        }
+        .map_err(store_error)?
+        .ok_or_else(thread_not_found)?;
         Ok(HistoryReply {
             summary: summary.as_ref().map(summary_view),
             messages: messages.iter().map(message_view).collect(),
@@ -672,11 +672,13 @@ impl ThreadService {
                 Ok(PutSummaryReply {
                     stored: true,
                     current_version: record.version,
+                    generated_at: Some(rfc3339(record.generated_at)),
                 })
             }
             SummaryOutcome::Stale { current_version } => Ok(PutSummaryReply {
                 stored: false,
                 current_version,
+                generated_at: None,
             }),
             SummaryOutcome::NoThread => Err(thread_not_found()),
         }
