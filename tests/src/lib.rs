@@ -152,6 +152,11 @@ pub fn test_settings(nats_url: &str, data_dir: &std::path::Path) -> Settings {
     s.auth.ops_listen = "127.0.0.1:0".into();
     s.thread.ops_listen = "127.0.0.1:0".into();
     s.inference.ops_listen = "127.0.0.1:0".into();
+    s.summarizer.ops_listen = "127.0.0.1:0".into();
+    // Fast retries and short locks, so the summarizer's failure paths resolve quickly.
+    s.summarizer.backoff_ms = vec![50, 100];
+    s.summarizer.busy_retry_ms = 100;
+    s.summarizer.lock_ttl_secs = 6;
     // Fast leases and retries so failure paths resolve within a test's patience.
     s.inference.heartbeat_ms = 100;
     s.inference.lease_timeout_ms = 800;
@@ -182,6 +187,11 @@ struct AuthNode {
 
 struct RouterNode {
     running: polylogue_inference_router::Running,
+    shutdown: CancellationToken,
+}
+
+struct SummarizerNode {
+    running: polylogue_summarizer::Running,
     shutdown: CancellationToken,
 }
 
@@ -248,6 +258,8 @@ pub struct TestCluster {
     auth: Option<AuthNode>,
     thread: Option<ThreadNode>,
     routers: Vec<RouterNode>,
+    /// Summarizer replicas: none unless a test starts them.
+    summarizers: Vec<SummarizerNode>,
     /// The provider simulator every cloud provider of this cluster points at.
     pub sim: polylogue_provider_sim::SimServer,
     shutdown: CancellationToken,
@@ -310,6 +322,7 @@ impl TestCluster {
             auth: Some(auth),
             thread: Some(thread),
             routers: vec![router],
+            summarizers: Vec::new(),
             sim,
             shutdown,
             tracker,
@@ -372,6 +385,41 @@ impl TestCluster {
     pub async fn start_router(&mut self) {
         let node = Self::start_router_node(&self.settings, &self.tracker).await;
         self.routers.push(node);
+    }
+
+    /// Starts a summarizer replica with the cluster's settings; returns its index.
+    pub async fn start_summarizer(&mut self) -> usize {
+        self.start_summarizer_with(|_| {}).await
+    }
+
+    /// Starts a summarizer replica with the cluster's settings changed by `configure` (e.g. a
+    /// provider URL that does not answer); returns its index.
+    pub async fn start_summarizer_with(&mut self, configure: impl FnOnce(&mut Settings)) -> usize {
+        let mut settings = self.settings.clone();
+        configure(&mut settings);
+        settings.validate().expect("summarizer settings are valid");
+        let bus = Bus::connect(&settings.nats, "summarizer")
+            .await
+            .expect("summarizer connects");
+        let shutdown = CancellationToken::new();
+        let running =
+            polylogue_summarizer::start(&settings, &bus, shutdown.clone(), self.tracker.clone())
+                .await
+                .expect("summarizer starts");
+        self.summarizers.push(SummarizerNode { running, shutdown });
+        self.summarizers.len() - 1
+    }
+
+    /// Summarizer replica `index`.
+    pub fn summarizer(&self, index: usize) -> std::sync::Arc<polylogue_summarizer::Summarizer> {
+        std::sync::Arc::clone(&self.summarizers[index].running.summarizer)
+    }
+
+    /// Stops summarizer replica `index` (its work in progress goes back to the stream).
+    pub async fn stop_summarizer(&mut self, index: usize) {
+        let node = self.summarizers.remove(index);
+        node.running.stop().await;
+        node.shutdown.cancel();
     }
 
     /// The index of the router running the generation of `message_id`.
@@ -536,6 +584,9 @@ impl Drop for TestCluster {
             node.shutdown.cancel();
         }
         for node in &self.routers {
+            node.shutdown.cancel();
+        }
+        for node in &self.summarizers {
             node.shutdown.cancel();
         }
     }

@@ -28,7 +28,7 @@ use tokio_util::task::TaskTracker;
 
 pub fn router(state: Arc<EdgeState>, body_limit: usize) -> Router {
     use axum::routing::patch;
-    use routes::{auth, inference, system, threads};
+    use routes::{auth, inference, summaries, system, threads};
     Router::new()
         .route("/api/login", post(auth::login))
         .route("/api/logout", post(auth::logout))
@@ -53,6 +53,10 @@ pub fn router(state: Arc<EdgeState>, body_limit: usize) -> Router {
         .route(
             "/api/threads/{threadId}/models/{modelId}/messages/{messageId}/cancel",
             post(inference::cancel),
+        )
+        .route(
+            "/api/threads/{threadId}/models/{modelId}/summarize",
+            post(summaries::summarize),
         )
         .route("/api/models", get(inference::models))
         .fallback(|| async { axum::http::StatusCode::NOT_FOUND })
@@ -122,6 +126,7 @@ pub async fn start(
             lease_timeout: Duration::from_millis(settings.inference.lease_timeout_ms),
             heartbeat: Duration::from_millis(settings.inference.heartbeat_ms),
         },
+        summarize_timeout: Duration::from_secs(settings.summarizer.request_timeout_secs),
     });
     let revocations =
         polylogue_bus::revocations::open(&bus, Duration::from_secs(settings.jwt.access_ttl_secs))

@@ -39,6 +39,8 @@ pub struct EdgeState {
     pub generations: Option<async_nats::jetstream::kv::Store>,
     pub tokens: OnceCell<async_nats::jetstream::stream::Stream>,
     pub inference: InferenceTimings,
+    /// How long `POST .../summarize` waits for the summarizer.
+    pub summarize_timeout: Duration,
 }
 
 pub struct InferenceTimings {

@@ -12,6 +12,7 @@ mod health;
 mod inference;
 mod lifecycle;
 mod rate_limits;
+mod summarizer;
 mod threads;
 mod tokens;
 

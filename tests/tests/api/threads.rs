@@ -742,6 +742,7 @@ async fn the_internal_api_appends_idempotently_keeps_summaries_ordered_and_publi
                 thread_id: id.clone(),
                 model_id: "claude-opus".into(),
                 limit: 50,
+                oldest_first: false,
             },
         )
         .await
