@@ -18,6 +18,11 @@ cargo fmt --all -- --check
 log "cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 
+# Built here, outside the smoke's start-up wait, so that a slow (cold or contended) build does not
+# count as run.sh failing to come up; run.sh's own build is then a no-op.
+log "cargo build --bins (dev)"
+cargo build --bins --quiet
+
 log "smoke: scripts/run.sh + curl"
 SMOKE_DIR="$(mktemp -d)"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -35,7 +40,7 @@ POLYLOGUE_DATA_DIR="$SMOKE_DIR" POLYLOGUE_PROFILE=dev POLYLOGUE_HTTP_PORT="$HTTP
 RUN_PID=$!
 cleanup() { kill -TERM "$RUN_PID" 2>/dev/null || true; wait "$RUN_PID" 2>/dev/null || true; rm -rf "$SMOKE_DIR"; }
 trap cleanup EXIT
-for _ in $(seq 1 600); do
+for _ in $(seq 1 1500); do
   grep -q "Polylogue is up" "$SMOKE_DIR/run.out" 2>/dev/null && break
   kill -0 "$RUN_PID" 2>/dev/null || { cat "$SMOKE_DIR/run.err" >&2; echo "run.sh died" >&2; exit 1; }
   sleep 0.2
