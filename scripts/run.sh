@@ -47,7 +47,7 @@ fi
 
 log "building ($PROFILE)"
 cargo build --profile "$PROFILE" --bins --quiet
-BIN="$ROOT/target/$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")"
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")"
 
 # A local config with a signing key of its own, made once and kept (mode 0600).
 CONFIG="$DATA_DIR/polylogue.toml"
