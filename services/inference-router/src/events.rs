@@ -1,16 +1,22 @@
 //! The tokens stream: every generation's events on `<prefix>.tokens.<messageId>`, kept for
 //! `inference.stream_retention_secs` so any edge replica can resume or replay them.
 //!
-//! Events are published in order on one connection and their acks are awaited in a pipeline (up
-//! to `PIPELINE` outstanding), so a token costs no round trip; terminal events wait for every ack.
+//! Events are published in order on one connection; each writer hands its acks to a task of its
+//! own that awaits them as they come (at most `PIPELINE` queued), so a token costs no round trip
+//! and acks never wait on a publisher. (Holding acks until a writer's own next publish deadlocked
+//! the router once ~79 generations held 64 each: the JetStream context allows 5,000 unacked
+//! publishes and every publisher waited for a permit only another waiting publisher could free.)
+//! Terminal events wait for every ack.
 //! Terminal events carry `Nats-Msg-Id: <messageId>-end` / `-close`, so the router and a sweeper
 //! that both try to end a generation store one ending.
 
 use async_nats::jetstream::{self, context::PublishAckFuture};
 use polylogue_contracts::subjects::inference as subjects;
 use serde::Serialize;
-use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+use tokio::sync::mpsc;
 
 const PIPELINE: usize = 64;
 
@@ -27,6 +33,9 @@ pub async fn ensure_stream(
         max_age: retention,
         duplicate_window: retention.min(Duration::from_secs(120)),
         allow_direct: true,
+        // Every SSE reader is an ordered consumer that lingers ~30 s after it ends; the server's
+        // default of 1,000 consumers per stream would cap the edge near 33 generations/s.
+        max_consumers: -1,
         ..Default::default()
     };
     match js.get_stream(&config.name).await {
@@ -45,28 +54,43 @@ pub struct EventWriter {
     js: jetstream::Context,
     subject: String,
     message_id: String,
-    pending: VecDeque<PublishAckFuture>,
-    lost: u64,
+    acks: Option<mpsc::Sender<PublishAckFuture>>,
+    acker: Option<tokio::task::JoinHandle<()>>,
+    lost: Arc<AtomicU64>,
 }
 
 impl EventWriter {
     pub fn new(js: jetstream::Context, prefix: &str, message_id: &str) -> Self {
+        let (tx, mut rx) = mpsc::channel::<PublishAckFuture>(PIPELINE);
+        let lost = Arc::new(AtomicU64::new(0));
+        let counter = Arc::clone(&lost);
+        let id = message_id.to_owned();
+        let acker = tokio::spawn(async move {
+            while let Some(ack) = rx.recv().await {
+                if let Err(error) = ack.await {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!("polylogue_stream_events_lost_total").increment(1);
+                    tracing::warn!(%error, message_id = %id, "stream event not acknowledged");
+                }
+            }
+        });
         Self {
             js,
             subject: subjects::tokens_subject(prefix, message_id),
             message_id: message_id.to_owned(),
-            pending: VecDeque::new(),
-            lost: 0,
+            acks: Some(tx),
+            acker: Some(acker),
+            lost,
         }
     }
 
-    /// Queues an event; waits only when `PIPELINE` acks are outstanding.
+    /// Publishes an event; waits only when `PIPELINE` acks are queued.
     pub async fn send<T: Serialize>(&mut self, event: &str, data: &T) {
         self.send_with_id(event, data, None).await;
     }
 
     /// A terminal event (`message_complete` or `error`) followed by `close`, both de-duplicated
-    /// by message id, and every outstanding ack awaited.
+    /// by message id, and every outstanding ack awaited. The writer is done afterwards.
     pub async fn finish<T: Serialize>(&mut self, event: &str, data: &T) {
         let end = format!("{}-end", self.message_id);
         let close = format!("{}-close", self.message_id);
@@ -89,41 +113,47 @@ impl EventWriter {
         if let Some(id) = msg_id {
             headers.insert("Nats-Msg-Id", id);
         }
-        if self.pending.len() >= PIPELINE {
-            self.await_oldest().await;
-        }
         match self
             .js
             .publish_with_headers(self.subject.clone(), headers, payload.into())
             .await
         {
-            Ok(ack) => self.pending.push_back(ack),
+            Ok(ack) => {
+                let queued = match &self.acks {
+                    Some(tx) => tx.send(ack).await.is_ok(),
+                    None => false,
+                };
+                if !queued {
+                    self.lost.fetch_add(1, Ordering::Relaxed);
+                }
+            }
             Err(error) => {
-                self.lost += 1;
+                self.lost.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!("polylogue_stream_events_lost_total").increment(1);
                 tracing::warn!(%error, message_id = %self.message_id, event, "stream event not published");
             }
         }
     }
 
-    async fn await_oldest(&mut self) {
-        if let Some(ack) = self.pending.pop_front()
-            && let Err(error) = ack.await
-        {
-            self.lost += 1;
-            metrics::counter!("polylogue_stream_events_lost_total").increment(1);
-            tracing::warn!(%error, message_id = %self.message_id, "stream event not acknowledged");
-        }
-    }
-
+    /// Waits for every ack; later sends are counted as lost.
     pub async fn flush(&mut self) {
-        while !self.pending.is_empty() {
-            self.await_oldest().await;
+        self.acks.take();
+        if let Some(acker) = self.acker.take() {
+            let _ = acker.await;
         }
     }
 
     /// Events that could not be stored on the stream.
     pub fn lost(&self) -> u64 {
-        self.lost
+        self.lost.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for EventWriter {
+    fn drop(&mut self) {
+        // An aborted generation (crash test, shutdown) leaves its acks to the runtime's end.
+        if let Some(acker) = self.acker.take() {
+            acker.abort();
+        }
     }
 }
