@@ -1126,3 +1126,51 @@ async fn a_provider_key_never_reaches_a_response_or_a_log() {
     );
     assert!(!logs.contains(CANARY), "a provider key reached the logs");
 }
+
+/// A hundred long generations at once, each with more stream events than one writer's ack
+/// pipeline: every one completes, in order, with nothing lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_long_generations_at_once_all_complete() {
+    let app = cluster_with(
+        SimConfig {
+            gap: Duration::from_millis(5),
+            reply_tokens: 80,
+            ..SimConfig::default()
+        },
+        |_| {},
+    )
+    .await;
+    let who = app
+        .signed_in("many@example.com", "correct horse battery")
+        .await;
+    let mut threads = Vec::new();
+    for _ in 0..10 {
+        threads.push(thread(&app, &who).await);
+    }
+    let mut readers = Vec::new();
+    for i in 0..100 {
+        let t = threads[i % threads.len()].clone();
+        readers.push(
+            SseReader::open(
+                post(
+                    &app,
+                    &who,
+                    &t,
+                    "gpt-4o-mini",
+                    json!({ "content": format!("go {i}"), "stream": true }),
+                    None,
+                )
+                .await,
+            )
+            .await,
+        );
+    }
+    let all = futures::future::join_all(readers.into_iter().map(SseReader::all)).await;
+    for events in &all {
+        assert_eq!(
+            names(events),
+            ["message_start", "token", "message_complete", "close"]
+        );
+        assert_eq!(tokens_of(events), expected_reply(80));
+    }
+}
