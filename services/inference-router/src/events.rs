@@ -20,6 +20,9 @@ use tokio::sync::mpsc;
 
 const PIPELINE: usize = 64;
 
+/// Readers (ordered consumers) the tokens stream allows at once.
+pub const MAX_CONSUMERS: i32 = 100_000;
+
 /// Creates or updates the tokens stream.
 pub async fn ensure_stream(
     js: &jetstream::Context,
@@ -33,9 +36,10 @@ pub async fn ensure_stream(
         max_age: retention,
         duplicate_window: retention.min(Duration::from_secs(120)),
         allow_direct: true,
-        // Every SSE reader is an ordered consumer that lingers ~30 s after it ends; the server's
-        // default of 1,000 consumers per stream would cap the edge near 33 generations/s.
-        max_consumers: -1,
+        // Every SSE reader is an ordered consumer that lingers ~30 s after it ends; nats-server
+        // 2.15 caps a stream without a positive limit (-1 included) at 1,000 consumers, which
+        // held the edge near 33 generations/s. A positive limit lifts it.
+        max_consumers: MAX_CONSUMERS,
         ..Default::default()
     };
     match js.get_stream(&config.name).await {

@@ -1174,3 +1174,18 @@ async fn a_hundred_long_generations_at_once_all_complete() {
         assert_eq!(tokens_of(events), expected_reply(80));
     }
 }
+
+/// nats-server caps a stream without a positive consumer limit at 1,000 consumers; every SSE
+/// reader is one (lingering ~30 s), so the tokens stream must carry its own, higher limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tokens_stream_allows_many_more_readers_than_the_server_default() {
+    let app = cluster().await;
+    let js = async_nats::jetstream::new(app.bus().await.client().clone());
+    let mut stream = js.get_stream("polylogue-tokens").await.unwrap();
+    let info = stream.info().await.unwrap();
+    assert!(
+        info.config.max_consumers >= 10_000,
+        "max_consumers = {}",
+        info.config.max_consumers
+    );
+}
