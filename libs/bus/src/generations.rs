@@ -150,13 +150,18 @@ impl Leases {
     }
 
     async fn alive(&self, router_id: &str, now: u64, timeout: u64) -> bool {
-        match self.kv.get(router_key(router_id)).await {
-            Ok(Some(v)) => std::str::from_utf8(&v)
-                .ok()
-                .and_then(|s| s.parse::<u64>().ok())
-                .is_some_and(|at| now.saturating_sub(at) <= timeout),
-            _ => false,
-        }
+        router_alive(&self.kv, router_id, now, timeout).await
+    }
+}
+
+/// Whether `router_id`'s heartbeat is at most `timeout` ms old at `now`.
+async fn router_alive(kv: &kv::Store, router_id: &str, now: u64, timeout: u64) -> bool {
+    match kv.get(router_key(router_id)).await {
+        Ok(Some(v)) => std::str::from_utf8(&v)
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok())
+            .is_some_and(|at| now.saturating_sub(at) <= timeout),
+        _ => false,
     }
 }
 
@@ -172,12 +177,6 @@ pub async fn generation_alive(
     let timeout = u64::try_from(lease_timeout.as_millis()).unwrap_or(u64::MAX);
     let now = unix_ms();
     let router = lease.claimed_by.as_deref().unwrap_or(&lease.router_id);
-    let alive = match kv.get(router_key(router)).await {
-        Ok(Some(v)) => std::str::from_utf8(&v)
-            .ok()
-            .and_then(|s| s.parse::<u64>().ok())
-            .is_some_and(|at| now.saturating_sub(at) <= timeout),
-        _ => false,
-    };
+    let alive = router_alive(kv, router, now, timeout).await;
     Some(alive)
 }

@@ -8,6 +8,7 @@
 //! (a surviving router also stores `interrupted`); no lease and a finished stored message (its
 //! events expired) means the stored message is replayed as events.
 
+use crate::middleware::now_rfc3339;
 use crate::state::EdgeState;
 use async_nats::jetstream::consumer::{DeliverPolicy, push};
 use bytes::Bytes;
@@ -75,12 +76,6 @@ fn terminal(status: &str) -> bool {
     matches!(status, "complete" | "error" | "cancelled" | "interrupted")
 }
 
-fn now() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
-}
-
 /// The events a finished stored message stands for, when its own events are gone.
 fn from_stored(m: &MessageView) -> Vec<GenEvent> {
     let mut out = vec![GenEvent::made_up(
@@ -105,7 +100,7 @@ fn from_stored(m: &MessageView) -> Vec<GenEvent> {
             &MessageCompleteData {
                 message_id: m.id.clone(),
                 total_tokens: m.tokens.unwrap_or(0),
-                timestamp: now(),
+                timestamp: now_rfc3339(),
             },
         ));
     } else {
@@ -120,7 +115,7 @@ fn from_stored(m: &MessageView) -> Vec<GenEvent> {
                 message_id: m.id.clone(),
                 error: ApiError::new(code, format!("the generation ended {}", m.status))
                     .with_details(serde_json::json!({ "status": m.status })),
-                timestamp: now(),
+                timestamp: now_rfc3339(),
             },
         ));
     }
@@ -139,7 +134,7 @@ fn interrupted(message_id: &str) -> Vec<GenEvent> {
                     "the generation stopped: the router running it went away",
                 )
                 .with_details(serde_json::json!({ "status": "interrupted" })),
-                timestamp: now(),
+                timestamp: now_rfc3339(),
             },
         ),
         GenEvent::made_up(event::CLOSE, &serde_json::json!({})),

@@ -17,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use futures::{Stream, StreamExt};
 use polylogue_bus::RequestContext;
 use polylogue_contracts::inference::{
-    CancelReply, ErrorData, MessageCompleteData, SendMessageReply, SendMessageRequest, event,
+    CancelReply, ErrorData, SendMessageReply, SendMessageRequest, event,
 };
 use polylogue_contracts::subjects::{inference as subjects, service};
 use polylogue_contracts::{ApiError, ErrorCode};
@@ -188,10 +188,7 @@ where
 {
     while let Some(e) = events.next().await {
         match e.event.as_str() {
-            event::MESSAGE_COMPLETE => {
-                let _: Option<MessageCompleteData> = serde_json::from_slice(&e.data).ok();
-                return Ok(());
-            }
+            event::MESSAGE_COMPLETE => return Ok(()),
             event::ERROR => {
                 return Err(serde_json::from_slice::<ErrorData>(&e.data)
                     .map(|d| d.error)
