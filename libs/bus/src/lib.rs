@@ -3,6 +3,7 @@
 //! clients send JSON requests carrying the request id and trace context in headers; errors travel
 //! back as the spec's `ApiError` and map to HTTP in one place (the edge).
 
+pub mod audit;
 mod client;
 pub mod generations;
 pub mod revocations;

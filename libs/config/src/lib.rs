@@ -35,6 +35,8 @@ pub struct Settings {
     pub inference: InferenceSettings,
     pub summarizer: SummarizerSettings,
     pub catalog: CatalogSettings,
+    pub kms: KmsSettings,
+    pub keys: KeySettings,
 }
 
 impl Default for Settings {
@@ -51,6 +53,8 @@ impl Default for Settings {
             inference: InferenceSettings::default(),
             summarizer: SummarizerSettings::default(),
             catalog: CatalogSettings::default(),
+            kms: KmsSettings::default(),
+            keys: KeySettings::default(),
         }
     }
 }
@@ -431,6 +435,92 @@ impl OperatorKeys {
     }
 }
 
+/// The key-management service that wraps the data keys of users' provider keys.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KmsSettings {
+    /// `local` (a key-encryption-key file, the embedded default) or `vault` (Vault/OpenBao transit).
+    pub engine: String,
+    pub local: LocalKmsSettings,
+    pub vault: VaultKmsSettings,
+}
+
+impl Default for KmsSettings {
+    fn default() -> Self {
+        Self {
+            engine: "local".into(),
+            local: LocalKmsSettings::default(),
+            vault: VaultKmsSettings::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LocalKmsSettings {
+    /// The key-encryption-key file (created on first run, mode 0600); default `<data_dir>/kek.json`.
+    pub kek_path: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VaultKmsSettings {
+    pub address: String,
+    /// A Vault token (secret). Ignored when `token_file` is set.
+    pub token: Option<SecretString>,
+    /// A file holding the token (a Kubernetes Secret mount, a Vault agent sink); read at start.
+    pub token_file: Option<PathBuf>,
+    /// Mount path of the transit engine.
+    pub mount: String,
+    /// Transit key that wraps the data keys.
+    pub key_name: String,
+    pub namespace: Option<String>,
+    /// Per-request timeout; past it the KMS counts as unavailable (503).
+    pub timeout_ms: u64,
+}
+
+impl Default for VaultKmsSettings {
+    fn default() -> Self {
+        Self {
+            address: "http://127.0.0.1:8200".into(),
+            token: None,
+            token_file: None,
+            mount: "transit".into(),
+            key_name: "polylogue-provider-keys".into(),
+            namespace: None,
+            timeout_ms: 2_000,
+        }
+    }
+}
+
+/// Users' provider keys: verification when added, the router's decrypted-key cache, `lastUsed`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KeySettings {
+    /// Timeout of the one verification call made to a provider when a key is added.
+    pub verify_timeout_ms: u64,
+    /// Decrypted keys an inference-router replica keeps in memory (0 = none).
+    pub cache_capacity: usize,
+    /// How long a decrypted key stays cached.
+    pub cache_ttl_secs: u64,
+    /// How often the auth service writes the coalesced `lastUsed` times.
+    pub last_used_flush_ms: u64,
+    /// Retention of the key-use audit events on JetStream.
+    pub audit_retention_secs: u64,
+}
+
+impl Default for KeySettings {
+    fn default() -> Self {
+        Self {
+            verify_timeout_ms: 5_000,
+            cache_capacity: 10_000,
+            cache_ttl_secs: 60,
+            last_used_flush_ms: 2_000,
+            audit_retention_secs: 30 * 24 * 3600,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CatalogSettings {
@@ -554,6 +644,15 @@ impl Settings {
             .unwrap_or(!self.is_production())
     }
 
+    /// The local key-encryption-key file: `kms.local.kek_path` or `<data_dir>/kek.json`.
+    pub fn kek_file(&self) -> PathBuf {
+        self.kms
+            .local
+            .kek_path
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("kek.json"))
+    }
+
     /// The SQLite file of a store: its configured path or `<data_dir>/<name>.sqlite`.
     pub fn sqlite_file(&self, configured: Option<&PathBuf>, name: &str) -> PathBuf {
         configured
@@ -670,6 +769,35 @@ impl Settings {
                 .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         {
             return invalid("summarizer.consumer must be made of [A-Za-z0-9_-]".into());
+        }
+        match self.kms.engine.as_str() {
+            "local" => {}
+            "vault" => {
+                let v = &self.kms.vault;
+                if v.address.is_empty() || v.mount.is_empty() || v.key_name.is_empty() {
+                    return invalid(
+                        "kms.vault.address, mount and key_name must be set for kms.engine = vault"
+                            .into(),
+                    );
+                }
+                if v.token.is_none() && v.token_file.is_none() {
+                    return invalid(
+                        "kms.vault.token or kms.vault.token_file must be set for kms.engine = vault"
+                            .into(),
+                    );
+                }
+                if v.timeout_ms == 0 {
+                    return invalid("kms.vault.timeout_ms must be positive".into());
+                }
+            }
+            other => return invalid(format!("kms.engine must be local or vault, got {other:?}")),
+        }
+        let k = &self.keys;
+        if k.verify_timeout_ms == 0 || k.last_used_flush_ms == 0 || k.audit_retention_secs == 0 {
+            return invalid(
+                "keys.verify_timeout_ms, last_used_flush_ms and audit_retention_secs must be positive"
+                    .into(),
+            );
         }
         if self.edge.rate_limits.window_secs == 0 {
             return invalid("edge.rate_limits.window_secs must be positive".into());

@@ -6,6 +6,8 @@ pub mod auth;
 pub mod error;
 pub mod health;
 pub mod inference;
+pub mod keys;
+pub mod profile;
 pub mod secret;
 pub mod subjects;
 pub mod summaries;

@@ -112,6 +112,35 @@ pub mod auth {
     pub const USER_GET: &str = "user.get";
     pub const HEALTH: &str = "health";
     pub const ADMIN_USER_CREATE: &str = "admin.user.create";
+    pub const PROFILE_GET: &str = "profile.get";
+    pub const PROFILE_UPDATE: &str = "profile.update";
+    /// Store keys already sealed by the edge.
+    pub const KEYS_PUT: &str = "keys.put";
+    pub const KEYS_DELETE: &str = "keys.delete";
+    /// A user's sealed key for one provider (the inference router and summarizer ask).
+    pub const KEYS_ENVELOPE: &str = "keys.envelope";
+    /// Re-wrap every stored data key under the KMS's newest version.
+    pub const KEYS_REWRAP: &str = "keys.rewrap";
+    /// Published (core NATS, not an endpoint) when a key is added, replaced or deleted.
+    pub const KEYS_CHANGED: &str = "keys.changed";
+}
+
+/// The audit stream: security-relevant events kept on JetStream (`<prefix>-audit`).
+pub mod audit {
+    /// The stream holding `<prefix>.audit.>`.
+    pub fn stream(prefix: &str) -> String {
+        format!("{prefix}-audit")
+    }
+
+    /// A stored provider key was used for a provider call.
+    pub fn key_used(prefix: &str) -> String {
+        format!("{prefix}.audit.keys.used")
+    }
+
+    /// A stored provider key failed to decrypt.
+    pub fn key_failed(prefix: &str) -> String {
+        format!("{prefix}.audit.keys.failed")
+    }
 }
 
 /// Key-value buckets.
