@@ -10,7 +10,10 @@ pub mod search;
 mod sqlite_common;
 pub mod threads;
 
-pub use auth::{AuthStore, ConsumeOutcome, RefreshTokenRecord, SessionRecord, UserRecord};
+pub use auth::{
+    ApiKeyRecord, AuthStore, ConsumeOutcome, ProfilePatch, ProfileSettings, RefreshTokenRecord,
+    SessionRecord, UserRecord,
+};
 pub use error::StoreError;
 
 /// Now, truncated to the millisecond precision every adapter keeps (CQL `timestamp`).

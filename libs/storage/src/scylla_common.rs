@@ -80,7 +80,7 @@ pub async fn connect(
         .use_keyspace(keyspace.as_str(), false)
         .await
         .map_err(|e| StoreError::Unavailable(format!("cannot use keyspace {keyspace}: {e}")))?;
-    migrate(&session, migrations).await?;
+    migrate(&session, &keyspace, migrations).await?;
     Ok((Cql { session }, keyspace))
 }
 
@@ -273,6 +273,25 @@ impl LwtOutcome {
             .transpose()
     }
 
+    pub fn bigint(&self, name: &str) -> Result<Option<i64>, StoreError> {
+        self.value(name)
+            .map(|v| {
+                v.as_bigint()
+                    .ok_or_else(|| StoreError::Corrupt(format!("column {name} is not a bigint")))
+            })
+            .transpose()
+    }
+
+    pub fn text(&self, name: &str) -> Result<Option<&str>, StoreError> {
+        self.value(name)
+            .map(|v| {
+                v.as_text()
+                    .map(String::as_str)
+                    .ok_or_else(|| StoreError::Corrupt(format!("column {name} is not text")))
+            })
+            .transpose()
+    }
+
     pub fn timestamp(&self, name: &str) -> Result<Option<OffsetDateTime>, StoreError> {
         self.value(name)
             .map(|v| {
@@ -311,9 +330,14 @@ async fn create_keyspace(session: &Session, keyspace: &str, rf: u32) -> Result<(
     }
 }
 
-/// Applies every migration not yet recorded. DDL is `IF NOT EXISTS`, so a crash between a file
-/// and its record only re-runs harmless statements; the driver awaits schema agreement after each.
-async fn migrate(session: &Session, migrations: &[Migration]) -> Result<(), StoreError> {
+/// Applies every migration not yet recorded. DDL is `IF NOT EXISTS` (or, for `ALTER TABLE … ADD`,
+/// made idempotent by [`run_migration_statement`]), so a crash between a file and its record only
+/// re-runs harmless statements; the driver awaits schema agreement after each.
+async fn migrate(
+    session: &Session,
+    keyspace: &str,
+    migrations: &[Migration],
+) -> Result<(), StoreError> {
     session
         .query_unpaged(MIGRATIONS_TABLE, ())
         .await
@@ -335,10 +359,14 @@ async fn migrate(session: &Session, migrations: &[Migration]) -> Result<(), Stor
             continue;
         }
         for statement in split_statements(cql) {
-            session
-                .query_unpaged(statement, ())
+            run_migration_statement(session, keyspace, &statement)
                 .await
-                .map_err(|e| StoreError::Unavailable(format!("migration {name}: {e}")))?;
+                .map_err(|e| match e {
+                    StoreError::Unavailable(e) => {
+                        StoreError::Unavailable(format!("migration {name}: {e}"))
+                    }
+                    other => other,
+                })?;
         }
         session
             .query_unpaged(
@@ -350,6 +378,80 @@ async fn migrate(session: &Session, migrations: &[Migration]) -> Result<(), Stor
         tracing::info!(version, name, "applied ScyllaDB migration");
     }
     Ok(())
+}
+
+/// Runs one migration statement. Scylla has no `ALTER TABLE … ADD IF NOT EXISTS`, and adding a
+/// column that exists is an error, so an `ALTER TABLE <table> ADD <column> <type>` (one column
+/// per statement, see [`added_column`]) is skipped when `system_schema.columns` already lists the
+/// column: after a crash between the file and its record, and when a concurrent first start added
+/// it between our look and our `ALTER`.
+async fn run_migration_statement(
+    session: &Session,
+    keyspace: &str,
+    statement: &str,
+) -> Result<(), StoreError> {
+    let Some((table, column)) = added_column(statement) else {
+        return session
+            .query_unpaged(statement, ())
+            .await
+            .map(|_| ())
+            .map_err(unavailable);
+    };
+    if column_exists(session, keyspace, &table, &column).await? {
+        return Ok(());
+    }
+    match session.query_unpaged(statement, ()).await {
+        Ok(_) => Ok(()),
+        Err(e) if column_exists(session, keyspace, &table, &column).await? => {
+            tracing::info!(error = %e, table, column, "column added concurrently");
+            Ok(())
+        }
+        Err(e) => Err(unavailable(e)),
+    }
+}
+
+async fn column_exists(
+    session: &Session,
+    keyspace: &str,
+    table: &str,
+    column: &str,
+) -> Result<bool, StoreError> {
+    let rows = session
+        .query_unpaged(
+            "SELECT column_name FROM system_schema.columns \
+             WHERE keyspace_name = ? AND table_name = ? AND column_name = ?",
+            (keyspace, table, column),
+        )
+        .await
+        .map_err(unavailable)?
+        .into_rows_result()
+        .map_err(corrupt)?;
+    Ok(rows.rows_num() > 0)
+}
+
+/// `(table, column)` of a statement shaped `ALTER TABLE <table> ADD <column> <type>` (unqualified
+/// table, unquoted names, one column), lower-cased as CQL folds unquoted names; `None` for
+/// anything else, including the multi-column `ADD (…)` form, which the runner cannot make
+/// idempotent and migrations therefore must not use.
+pub fn added_column(statement: &str) -> Option<(String, String)> {
+    let words: Vec<&str> = statement.split_whitespace().collect();
+    let plain = |w: &str| {
+        w.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+            && w.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    };
+    match words.as_slice() {
+        [alter, kw_table, table, add, column, _type, ..]
+            if alter.eq_ignore_ascii_case("ALTER")
+                && kw_table.eq_ignore_ascii_case("TABLE")
+                && add.eq_ignore_ascii_case("ADD")
+                && plain(table)
+                && plain(column)
+                && !column.eq_ignore_ascii_case("IF") =>
+        {
+            Some((table.to_ascii_lowercase(), column.to_ascii_lowercase()))
+        }
+        _ => None,
+    }
 }
 
 /// Splits a migration file into statements: `--` comments dropped, then split on `;`.

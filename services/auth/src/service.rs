@@ -197,6 +197,7 @@ impl AuthService {
             display_name,
             password_hash,
             created_at: now_ms(),
+            settings: polylogue_storage::ProfileSettings::default(),
         };
         self.store.create_user(&user).await.map_err(store_error)?;
         tracing::info!(user_id = %user.id, admin, "user created");

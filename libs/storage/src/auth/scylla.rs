@@ -2,8 +2,15 @@
 //!
 //! Uniqueness and single use rest on lightweight transactions at SERIAL; everything else reads
 //! and writes at LOCAL_QUORUM. Schema and reasons: `migrations/scylla`, `docs/storage-scylla.md`.
+//!
+//! Rows that are ever conditionally updated are only ever written through lightweight
+//! transactions (Scylla orders Paxos and plain writes to one row only by timestamp): `users`
+//! (inserted `IF NOT EXISTS`, patched `IF EXISTS`), `sessions`, `refresh_tokens` and `api_keys`.
 
-use super::{AuthStore, ConsumeOutcome, RefreshTokenRecord, SessionRecord, UserRecord};
+use super::{
+    ApiKeyRecord, AuthStore, ConsumeOutcome, ProfilePatch, ProfileSettings, RefreshTokenRecord,
+    SessionRecord, UserRecord,
+};
 use crate::StoreError;
 use crate::scylla_common::{self, Cql, LWT_ATTEMPTS, Migration, Mode};
 use async_trait::async_trait;
@@ -17,11 +24,21 @@ pub use crate::scylla_common::ScyllaConfig;
 
 /// Versioned schema files, applied in order and recorded in `schema_migrations`. The auth store
 /// applies only its own files (see `scylla_common::Migration`).
-const MIGRATIONS: &[Migration] = &[(
-    1,
-    "0001_auth",
-    include_str!("../../migrations/scylla/0001_auth.cql"),
-)];
+const MIGRATIONS: &[Migration] = &[
+    (
+        1,
+        "0001_auth",
+        include_str!("../../migrations/scylla/0001_auth.cql"),
+    ),
+    (
+        3,
+        "0003_auth_profile_keys",
+        include_str!("../../migrations/scylla/0003_auth_profile_keys.cql"),
+    ),
+];
+
+/// Rounds of a read-then-CAS loop (or of put's insert-or-overwrite) before giving up.
+const CAS_ROUNDS: usize = 16;
 
 /// Sessions and tokens outlive `expires_at` by this much before their TTL removes them, so a
 /// late replay is still reported as `Reused`/`Dead` instead of `Unknown`, and clock skew between
@@ -49,6 +66,8 @@ struct Statements {
     username_owner_serial: PreparedStatement,
     insert_user: PreparedStatement,
     user_by_id: PreparedStatement,
+    user_by_id_serial: PreparedStatement,
+    update_profile: PreparedStatement,
     insert_session: PreparedStatement,
     session_by_id: PreparedStatement,
     revoke_session: PreparedStatement,
@@ -56,13 +75,24 @@ struct Statements {
     token_by_hash: PreparedStatement,
     token_by_hash_serial: PreparedStatement,
     spend_token: PreparedStatement,
+    insert_key: PreparedStatement,
+    overwrite_key: PreparedStatement,
+    key_by_provider: PreparedStatement,
+    key_by_provider_serial: PreparedStatement,
+    keys_by_user: PreparedStatement,
+    delete_key: PreparedStatement,
+    touch_key_later: PreparedStatement,
+    touch_key_first: PreparedStatement,
+    replace_envelope: PreparedStatement,
+    keys_first_page: PreparedStatement,
+    keys_rest_of_partition: PreparedStatement,
+    keys_after_partition: PreparedStatement,
 }
 
 impl Statements {
     async fn prepare(cql: &Cql, ks: &str) -> Result<Self, StoreError> {
         let read = |stmt: String| cql.prepare(stmt, Mode::Read);
         let serial_read = |stmt: String| cql.prepare(stmt, Mode::SerialRead);
-        let write = |stmt: String| cql.prepare(stmt, Mode::Write);
         let lwt = |stmt: String| cql.prepare(stmt, Mode::Lwt);
         Ok(Self {
             ping: read("SELECT key FROM system.local WHERE key = 'local'".into()).await?,
@@ -78,14 +108,23 @@ impl Statements {
                 "SELECT user_id FROM {ks}.users_by_username WHERE username = ?"
             ))
             .await?,
-            insert_user: write(format!(
-                "INSERT INTO {ks}.users (id, username, display_name, password_hash, created_at) \
-                 VALUES (?, ?, ?, ?, ?)"
+            // Conditional although the id is fresh: the row is later patched by conditional
+            // updates (see the module comment).
+            insert_user: lwt(format!(
+                "INSERT INTO {ks}.users ({USER_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?) IF NOT EXISTS"
             ))
             .await?,
-            user_by_id: read(format!(
-                "SELECT id, username, display_name, password_hash, created_at \
-                 FROM {ks}.users WHERE id = ?"
+            user_by_id: read(format!("SELECT {USER_COLS} FROM {ks}.users WHERE id = ?")).await?,
+            user_by_id_serial: serial_read(format!(
+                "SELECT {USER_COLS} FROM {ks}.users WHERE id = ?"
+            ))
+            .await?,
+            // Unset values leave their columns alone, so this writes only the patched ones.
+            // `IF EXISTS`: a plain UPDATE would create a partial row for an unknown id.
+            update_profile: lwt(format!(
+                "UPDATE {ks}.users SET display_name = ?, default_model = ?, \
+                     default_temperature = ?, system_prompt = ? \
+                 WHERE id = ? IF EXISTS"
             ))
             .await?,
             insert_session: lwt(format!(
@@ -125,12 +164,69 @@ impl Statements {
                  WHERE token_hash = ? IF used_at = null"
             ))
             .await?,
+            insert_key: lwt(format!(
+                "INSERT INTO {ks}.api_keys ({KEY_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?) IF NOT EXISTS"
+            ))
+            .await?,
+            overwrite_key: lwt(format!(
+                "UPDATE {ks}.api_keys \
+                 SET key_version = ?, envelope = ?, hint = ?, created_at = ?, last_used = ? \
+                 WHERE user_id = ? AND provider = ? IF EXISTS"
+            ))
+            .await?,
+            key_by_provider: read(format!(
+                "SELECT {KEY_COLS} FROM {ks}.api_keys WHERE user_id = ? AND provider = ?"
+            ))
+            .await?,
+            key_by_provider_serial: serial_read(format!(
+                "SELECT {KEY_COLS} FROM {ks}.api_keys WHERE user_id = ? AND provider = ?"
+            ))
+            .await?,
+            keys_by_user: read(format!(
+                "SELECT {KEY_COLS} FROM {ks}.api_keys WHERE user_id = ?"
+            ))
+            .await?,
+            delete_key: lwt(format!(
+                "DELETE FROM {ks}.api_keys WHERE user_id = ? AND provider = ? IF EXISTS"
+            ))
+            .await?,
+            // In a condition, `last_used < ?` is false when last_used is null (Scylla's
+            // `null_handling_style::lwt_nulls`, and Cassandra alike), hence a second statement
+            // for a key never used.
+            touch_key_later: lwt(format!(
+                "UPDATE {ks}.api_keys SET last_used = ? WHERE user_id = ? AND provider = ? \
+                 IF key_version = ? AND last_used < ?"
+            ))
+            .await?,
+            touch_key_first: lwt(format!(
+                "UPDATE {ks}.api_keys SET last_used = ? WHERE user_id = ? AND provider = ? \
+                 IF key_version = ? AND last_used = null"
+            ))
+            .await?,
+            replace_envelope: lwt(format!(
+                "UPDATE {ks}.api_keys SET envelope = ? WHERE user_id = ? AND provider = ? \
+                 IF key_version = ? AND envelope = ?"
+            ))
+            .await?,
+            // The whole-table walk of `api_keys_page`, in (token(user_id), provider) order.
+            keys_first_page: read(format!("SELECT {KEY_COLS} FROM {ks}.api_keys LIMIT ?")).await?,
+            keys_rest_of_partition: read(format!(
+                "SELECT {KEY_COLS} FROM {ks}.api_keys WHERE user_id = ? AND provider > ? LIMIT ?"
+            ))
+            .await?,
+            keys_after_partition: read(format!(
+                "SELECT {KEY_COLS} FROM {ks}.api_keys WHERE token(user_id) > token(?) LIMIT ?"
+            ))
+            .await?,
         })
     }
 }
 
 const TOKEN_COLS: &str =
     "token_hash, session_id, user_id, issued_at, expires_at, used_at, consumed_by";
+const USER_COLS: &str = "id, username, display_name, password_hash, created_at, \
+                         default_model, default_temperature, system_prompt";
+const KEY_COLS: &str = "user_id, provider, key_version, envelope, hint, created_at, last_used";
 
 impl ScyllaAuthStore {
     /// Connects, creates the keyspace if it is missing, applies pending migrations and prepares
@@ -225,6 +321,75 @@ impl ScyllaAuthStore {
             "spending the refresh token kept timing out".into(),
         ))
     }
+
+    /// Writes the user row of a won claim: `Ok` once it is there (also when an earlier,
+    /// timed-out attempt of ours landed).
+    async fn insert_user(&self, user: &UserRecord) -> Result<(), StoreError> {
+        let s = &user.settings;
+        let values = (
+            user.id,
+            &user.username,
+            &user.display_name,
+            &user.password_hash,
+            user.created_at,
+            // Unset rather than null: a null would write a tombstone into every new user.
+            MaybeUnset::from_option(s.default_model.as_deref()),
+            MaybeUnset::from_option(s.default_temperature),
+            MaybeUnset::from_option(s.system_prompt.as_deref()),
+        );
+        for _ in 0..LWT_ATTEMPTS {
+            let existing = match self.cql.lwt(&self.st.insert_user, values).await? {
+                Some(outcome) if outcome.applied => return Ok(()),
+                Some(outcome) => outcome.text("username")?.map(str::to_owned),
+                None => self
+                    .cql
+                    .fetch::<UserRow>(&self.st.user_by_id_serial, (user.id,))
+                    .await?
+                    .map(|row| row.username),
+            };
+            match existing {
+                // A retry of our own earlier insert: the claim holds our id, so the name is ours.
+                Some(name) if name == user.username => return Ok(()),
+                Some(_) => {
+                    return Err(StoreError::Conflict(format!(
+                        "user {} already exists",
+                        user.id
+                    )));
+                }
+                // Our timed-out attempt did not land: try again.
+                None => {}
+            }
+        }
+        Err(StoreError::Unavailable(
+            "writing the user kept timing out".into(),
+        ))
+    }
+
+    async fn load_key(
+        &self,
+        stmt: &PreparedStatement,
+        user_id: Uuid,
+        provider: &str,
+    ) -> Result<Option<ApiKeyRecord>, StoreError> {
+        self.cql
+            .fetch::<KeyRow>(stmt, (user_id, provider))
+            .await?
+            .map(ApiKeyRecord::try_from)
+            .transpose()
+    }
+
+    async fn fetch_keys(
+        &self,
+        stmt: &PreparedStatement,
+        values: impl scylla::serialize::row::SerializeRow,
+    ) -> Result<Vec<ApiKeyRecord>, StoreError> {
+        self.cql
+            .fetch_all::<KeyRow>(stmt, values)
+            .await?
+            .into_iter()
+            .map(ApiKeyRecord::try_from)
+            .collect()
+    }
 }
 
 #[async_trait]
@@ -242,19 +407,7 @@ impl AuthStore for ScyllaAuthStore {
         // leaves nothing readable. A crash in between leaves a claimed name without a user:
         // lookups by name then find nothing, and a retry with the same record completes it.
         self.claim_username(user).await?;
-        self.cql
-            .run(
-                &self.st.insert_user,
-                (
-                    user.id,
-                    &user.username,
-                    &user.display_name,
-                    &user.password_hash,
-                    user.created_at,
-                ),
-            )
-            .await
-            .map(|_| ())
+        self.insert_user(user).await
     }
 
     async fn user_by_username(&self, username: &str) -> Result<Option<UserRecord>, StoreError> {
@@ -409,6 +562,249 @@ impl AuthStore for ScyllaAuthStore {
             .await?
             .map(RefreshTokenRecord::from))
     }
+
+    async fn update_profile(
+        &self,
+        user_id: Uuid,
+        patch: &ProfilePatch,
+    ) -> Result<Option<UserRecord>, StoreError> {
+        if patch.is_empty() {
+            return self.user_by_id(user_id).await;
+        }
+        let values = (
+            MaybeUnset::from_option(patch.display_name.as_deref()),
+            MaybeUnset::from_option(patch.default_model.as_ref().map(Option::as_deref)),
+            MaybeUnset::from_option(patch.default_temperature),
+            MaybeUnset::from_option(patch.system_prompt.as_ref().map(Option::as_deref)),
+            user_id,
+        );
+        let mut found = None;
+        for _ in 0..LWT_ATTEMPTS {
+            // On a timeout the update is simply run again: it writes the same values, and only
+            // the patched columns.
+            if let Some(outcome) = self.cql.lwt(&self.st.update_profile, values).await? {
+                found = Some(outcome.applied);
+                break;
+            }
+        }
+        match found {
+            None => Err(StoreError::Unavailable(
+                "updating the profile kept timing out".into(),
+            )),
+            Some(false) => Ok(None),
+            // The commit was learned at LOCAL_QUORUM, so this read sees it (and any patch that
+            // landed since).
+            Some(true) => self.user_by_id(user_id).await,
+        }
+    }
+
+    async fn put_api_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError> {
+        let version = stored_version(key.key_version)?;
+        let insert = (
+            key.user_id,
+            &key.provider,
+            version,
+            &key.envelope,
+            &key.hint,
+            key.created_at,
+            // Unset rather than null: no tombstone in a fresh row.
+            MaybeUnset::from_option(key.last_used),
+        );
+        let overwrite = (
+            version,
+            &key.envelope,
+            &key.hint,
+            key.created_at,
+            // Null clears the last use of the key this one replaces.
+            key.last_used,
+            key.user_id,
+            &key.provider,
+        );
+        // An upsert made of two conditional writes, since every write to the row is Paxos: a
+        // refused insert means the row exists, so it is overwritten; a refused overwrite means it
+        // was deleted in between, so the insert is tried again. Both write the same values, so
+        // a timed-out attempt is simply followed by the next.
+        for _ in 0..CAS_ROUNDS {
+            match self.cql.lwt(&self.st.insert_key, insert).await? {
+                Some(outcome) if outcome.applied => return Ok(()),
+                Some(_) => {}
+                None => continue,
+            }
+            if let Some(outcome) = self.cql.lwt(&self.st.overwrite_key, overwrite).await?
+                && outcome.applied
+            {
+                return Ok(());
+            }
+        }
+        Err(lost("storing the API key"))
+    }
+
+    async fn api_key(
+        &self,
+        user_id: Uuid,
+        provider: &str,
+    ) -> Result<Option<ApiKeyRecord>, StoreError> {
+        self.load_key(&self.st.key_by_provider, user_id, provider)
+            .await
+    }
+
+    async fn api_keys(&self, user_id: Uuid) -> Result<Vec<ApiKeyRecord>, StoreError> {
+        // One partition, in clustering (provider) order; at most one row per provider.
+        self.fetch_keys(&self.st.keys_by_user, (user_id,)).await
+    }
+
+    async fn delete_api_key(&self, user_id: Uuid, provider: &str) -> Result<bool, StoreError> {
+        for _ in 0..LWT_ATTEMPTS {
+            match self
+                .cql
+                .lwt(&self.st.delete_key, (user_id, provider))
+                .await?
+            {
+                Some(outcome) => return Ok(outcome.applied),
+                None => {
+                    // A timed-out delete that left the key gone is counted as ours: it existed
+                    // when we asked, unless it vanished concurrently, which reads the same.
+                    if self
+                        .load_key(&self.st.key_by_provider_serial, user_id, provider)
+                        .await?
+                        .is_none()
+                    {
+                        return Ok(true);
+                    }
+                }
+            }
+        }
+        Err(StoreError::Unavailable(
+            "deleting the API key kept timing out".into(),
+        ))
+    }
+
+    async fn touch_api_key(
+        &self,
+        user_id: Uuid,
+        provider: &str,
+        key_version: u64,
+        at: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        // No stored key can hold a version beyond i64.
+        let Ok(version) = i64::try_from(key_version) else {
+            return Ok(false);
+        };
+        // Set when an attempt's outcome is unknown: finding `at` stored afterwards means that
+        // attempt (most likely ours) landed.
+        let mut timed_out = false;
+        for _ in 0..CAS_ROUNDS {
+            let Some(outcome) = self
+                .cql
+                .lwt(
+                    &self.st.touch_key_later,
+                    (at, user_id, provider, version, at),
+                )
+                .await?
+            else {
+                timed_out = true;
+                continue;
+            };
+            if outcome.applied {
+                return Ok(true);
+            }
+            // A refused transaction answers with the condition's columns. No row, or another
+            // version: nothing to touch (and nothing is created).
+            if outcome.bigint("key_version")? != Some(version) {
+                return Ok(false);
+            }
+            if let Some(stored) = outcome.timestamp("last_used")? {
+                // Already at `at` or later: never move backwards.
+                return Ok(timed_out && stored == at);
+            }
+            // Never used: `last_used < ?` cannot hold for null, so claim the first use.
+            match self
+                .cql
+                .lwt(&self.st.touch_key_first, (at, user_id, provider, version))
+                .await?
+            {
+                Some(outcome) if outcome.applied => return Ok(true),
+                // Touched, replaced or deleted in between: look again.
+                Some(_) => {}
+                None => timed_out = true,
+            }
+        }
+        Err(lost("touching the API key"))
+    }
+
+    async fn replace_envelope(
+        &self,
+        user_id: Uuid,
+        provider: &str,
+        key_version: u64,
+        expected_envelope: &str,
+        new_envelope: &str,
+    ) -> Result<bool, StoreError> {
+        let Ok(version) = i64::try_from(key_version) else {
+            return Ok(false);
+        };
+        let values = (new_envelope, user_id, provider, version, expected_envelope);
+        for _ in 0..LWT_ATTEMPTS {
+            if let Some(outcome) = self.cql.lwt(&self.st.replace_envelope, values).await? {
+                return Ok(outcome.applied);
+            }
+            // Outcome unknown: the row at SERIAL tells whether our replacement landed.
+            match self
+                .load_key(&self.st.key_by_provider_serial, user_id, provider)
+                .await?
+            {
+                Some(key) if key.key_version == key_version && key.envelope == new_envelope => {
+                    return Ok(true);
+                }
+                // Still the expected value: our attempt did not land; try again.
+                Some(key)
+                    if key.key_version == key_version && key.envelope == expected_envelope => {}
+                _ => return Ok(false),
+            }
+        }
+        Err(StoreError::Unavailable(
+            "replacing the envelope kept timing out".into(),
+        ))
+    }
+
+    /// Walks the table in its storage order, `(token(user_id), provider)`: the rest of the
+    /// `after` user's partition (`provider > ?`, a clustering slice), then the following
+    /// partitions (`token(user_id) > token(?)`, a range scan, which yields each partition's rows
+    /// in clustering order). Both reads are bounded by `LIMIT`, unpaged. Two users whose ids
+    /// share a 64-bit token would have the second skipped after a page ending in the first;
+    /// with random ids the odds are about n²/2⁶⁵ for n users, which is accepted. Keys written
+    /// during a walk may or may not be visited; none is visited twice.
+    async fn api_keys_page(
+        &self,
+        after: Option<(Uuid, String)>,
+        limit: u32,
+    ) -> Result<Vec<ApiKeyRecord>, StoreError> {
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let Some((user_id, provider)) = after else {
+            return self
+                .fetch_keys(&self.st.keys_first_page, (page_size(limit),))
+                .await;
+        };
+        let mut page = self
+            .fetch_keys(
+                &self.st.keys_rest_of_partition,
+                (user_id, &provider, page_size(limit)),
+            )
+            .await?;
+        if page.len() < limit {
+            let rest = self
+                .fetch_keys(
+                    &self.st.keys_after_partition,
+                    (user_id, page_size(limit - page.len())),
+                )
+                .await?;
+            page.extend(rest);
+        }
+        Ok(page)
+    }
 }
 
 #[derive(DeserializeRow)]
@@ -418,6 +814,9 @@ struct UserRow {
     display_name: String,
     password_hash: String,
     created_at: OffsetDateTime,
+    default_model: Option<String>,
+    default_temperature: Option<f64>,
+    system_prompt: Option<String>,
 }
 
 impl From<UserRow> for UserRecord {
@@ -428,8 +827,63 @@ impl From<UserRow> for UserRecord {
             display_name: r.display_name,
             password_hash: r.password_hash,
             created_at: r.created_at,
+            settings: ProfileSettings {
+                default_model: r.default_model,
+                default_temperature: r.default_temperature,
+                system_prompt: r.system_prompt,
+            },
         }
     }
+}
+
+#[derive(DeserializeRow)]
+struct KeyRow {
+    user_id: Uuid,
+    provider: String,
+    key_version: i64,
+    envelope: String,
+    hint: String,
+    created_at: OffsetDateTime,
+    last_used: Option<OffsetDateTime>,
+}
+
+impl TryFrom<KeyRow> for ApiKeyRecord {
+    type Error = StoreError;
+
+    fn try_from(r: KeyRow) -> Result<Self, StoreError> {
+        Ok(Self {
+            user_id: r.user_id,
+            provider: r.provider,
+            key_version: u64::try_from(r.key_version).map_err(|_| {
+                StoreError::Corrupt(format!("negative key_version {}", r.key_version))
+            })?,
+            envelope: r.envelope,
+            hint: r.hint,
+            created_at: r.created_at,
+            last_used: r.last_used,
+        })
+    }
+}
+
+/// `key_version` as stored (CQL `bigint`): an error, not a wrapped value, above `i64::MAX`.
+fn stored_version(v: u64) -> Result<i64, StoreError> {
+    i64::try_from(v).map_err(|_| {
+        StoreError::Corrupt(format!(
+            "key_version {v} does not fit the store (at most {})",
+            i64::MAX
+        ))
+    })
+}
+
+/// CQL `LIMIT` binds an `int`.
+fn page_size(limit: usize) -> i32 {
+    i32::try_from(limit).unwrap_or(i32::MAX)
+}
+
+fn lost(what: &str) -> StoreError {
+    StoreError::Unavailable(format!(
+        "{what} kept losing to concurrent writes or timing out"
+    ))
 }
 
 #[derive(DeserializeRow)]
@@ -495,7 +949,7 @@ fn ttl_between(now: OffsetDateTime, until: Option<OffsetDateTime>) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scylla_common::{LwtOutcome, keyspace_name, split_statements};
+    use crate::scylla_common::{LwtOutcome, added_column, keyspace_name, split_statements};
     use scylla::value::{CqlValue, Row};
 
     #[test]
@@ -513,6 +967,78 @@ mod tests {
             tables,
             ["users_by_username", "users", "sessions", "refresh_tokens"]
         );
+    }
+
+    #[test]
+    fn the_profile_and_keys_migration_adds_one_column_per_alter() {
+        assert_eq!(MIGRATIONS[1].0, 3);
+        let statements = split_statements(MIGRATIONS[1].2);
+        let added: Vec<_> = statements.iter().filter_map(|s| added_column(s)).collect();
+        assert_eq!(
+            added,
+            [
+                ("users".to_owned(), "default_model".to_owned()),
+                ("users".to_owned(), "default_temperature".to_owned()),
+                ("users".to_owned(), "system_prompt".to_owned()),
+            ]
+        );
+        for s in &statements {
+            assert!(!s.contains("--") && !s.contains(';'), "{s}");
+            // Every statement is idempotent: the runner guards the ALTERs, DDL says IF NOT EXISTS.
+            assert!(
+                added_column(s).is_some() || s.starts_with("CREATE TABLE IF NOT EXISTS "),
+                "{s}"
+            );
+        }
+        assert_eq!(statements.len(), 4);
+        assert!(statements[3].starts_with("CREATE TABLE IF NOT EXISTS api_keys "));
+        assert!(statements[3].contains("PRIMARY KEY ((user_id), provider)"));
+    }
+
+    #[test]
+    fn only_single_column_adds_are_guarded() {
+        assert_eq!(
+            added_column("ALTER TABLE Users ADD Default_Model text"),
+            Some(("users".to_owned(), "default_model".to_owned()))
+        );
+        assert_eq!(
+            added_column("alter table users\n    add x map<text, int>"),
+            Some(("users".to_owned(), "x".to_owned()))
+        );
+        for other in [
+            "ALTER TABLE users ADD (a text, b text)",
+            "ALTER TABLE users ADD a",
+            "ALTER TABLE ks.users ADD a text",
+            "ALTER TABLE users ADD IF NOT EXISTS a text",
+            "ALTER TABLE users DROP a",
+            "ALTER TABLE users ADD \"A\" text",
+            "CREATE TABLE IF NOT EXISTS t (a int PRIMARY KEY)",
+        ] {
+            assert_eq!(added_column(other), None, "{other}");
+        }
+    }
+
+    /// Versions are unique across every store's files (stores share a keyspace's ledger), and
+    /// each of ours is the number its file name starts with.
+    #[test]
+    fn migration_versions_are_unique_and_match_their_files() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/scylla");
+        let mut versions: Vec<i32> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|entry| {
+                let name = entry.unwrap().file_name().into_string().unwrap();
+                name.split('_').next().unwrap().parse().unwrap()
+            })
+            .collect();
+        let files = versions.len();
+        versions.sort_unstable();
+        versions.dedup();
+        assert_eq!(versions.len(), files, "two migration files share a version");
+        for (version, name, _) in MIGRATIONS {
+            let prefix: i32 = name.split('_').next().unwrap().parse().unwrap();
+            assert_eq!(prefix, *version, "{name}");
+            assert!(versions.contains(version));
+        }
     }
 
     #[test]
@@ -583,6 +1109,31 @@ mod tests {
         )
         .unwrap();
         assert_eq!(revoked.timestamp("revoked_at").unwrap(), Some(at));
+
+        let touched = LwtOutcome::parse(
+            names(&[
+                "[applied]",
+                "user_id",
+                "provider",
+                "key_version",
+                "last_used",
+            ]),
+            Row {
+                columns: vec![
+                    Some(CqlValue::Boolean(false)),
+                    Some(CqlValue::Uuid(id)),
+                    Some(CqlValue::Text("claude".into())),
+                    Some(CqlValue::BigInt(7)),
+                    None,
+                ],
+            },
+        )
+        .unwrap();
+        assert_eq!(touched.bigint("key_version").unwrap(), Some(7));
+        assert_eq!(touched.text("provider").unwrap(), Some("claude"));
+        assert_eq!(touched.timestamp("last_used").unwrap(), None);
+        assert!(touched.bigint("provider").is_err());
+        assert!(touched.text("key_version").is_err());
 
         // Cassandra answers a won transaction with [applied] alone.
         let won = LwtOutcome::parse(
