@@ -23,7 +23,7 @@ pub use error::ProviderError;
 pub use http::{HttpSettings, http_client};
 pub use parse::StreamParser;
 pub use polylogue_contracts::error::{ApiError, ErrorCode};
-pub use registry::{KeyResolver, Registry};
+pub use registry::{KeyResolver, Registry, UserKeySource, key_verifiers};
 pub use retry::{RetryPolicy, generate_with_retry, stream_with_retry};
 pub use secrecy::SecretString;
 pub use url_check::validate_base_url;

@@ -55,15 +55,65 @@ impl Registry {
         }
     }
 
-    /// The key a call to `model` uses; 422 `API_KEY_REQUIRED` when it needs one nobody has.
-    pub fn key(&self, model: &ModelEntry) -> Result<Option<SecretString>, ApiError> {
-        self.keys.resolve(model)
+    /// The key a call to `model` for `user_id` uses: the user's own key, else the operator's;
+    /// 422 `API_KEY_REQUIRED` when it needs one nobody has.
+    pub async fn key(
+        &self,
+        model: &ModelEntry,
+        user_id: &str,
+    ) -> Result<Option<SecretString>, ApiError> {
+        self.keys.resolve(model, user_id).await
+    }
+
+    /// Looks users' own keys up in `source` before the operator's.
+    pub fn with_user_keys(mut self, source: Arc<dyn UserKeySource>) -> Self {
+        self.keys.users = Some(source);
+        self
     }
 
     /// Retries before the first token (`inference.retry_*`).
     pub fn retry_policy(&self) -> &RetryPolicy {
         &self.retry
     }
+}
+
+/// The clients that check a user's key when it is added, by the API's provider names
+/// (`claude`, `openai`, `google`), at the configured base URLs. A provider whose URL is invalid
+/// is left out (its keys are stored unverified, with the reason).
+pub fn key_verifiers(
+    settings: &InferenceSettings,
+) -> Result<HashMap<String, Arc<dyn Provider>>, String> {
+    let http_settings = HttpSettings {
+        connect_timeout: Duration::from_millis(settings.connect_timeout_ms),
+        header_timeout: Duration::from_millis(settings.header_timeout_ms),
+        idle_timeout: Duration::from_millis(settings.idle_timeout_ms),
+        request_timeout: Duration::from_millis(settings.request_timeout_ms),
+        ..HttpSettings::default()
+    };
+    let http = http_client(&http_settings).map_err(|e| e.to_string())?;
+    let mut out = HashMap::new();
+    for (name, kind, raw) in [
+        ("claude", ProviderKind::Anthropic, &settings.anthropic_url),
+        ("openai", ProviderKind::OpenAi, &settings.openai_url),
+        ("google", ProviderKind::Google, &settings.google_url),
+    ] {
+        let Some(raw) = raw
+            .clone()
+            .or_else(|| kind.default_base_url().map(str::to_owned))
+        else {
+            continue;
+        };
+        match crate::validate_base_url(&raw, settings.allow_private_base_urls) {
+            Ok(url) => {
+                out.insert(
+                    name.to_owned(),
+                    provider(kind, url, http.clone(), &http_settings),
+                );
+            }
+            Err(problem) => tracing::error!(provider = name, %problem, "key verification disabled"),
+        }
+    }
+    Ok(out)
 }
 
 /// The provider client of every catalog model. Cloud providers use the configured base URL
@@ -108,22 +158,49 @@ fn routes(
     routes
 }
 
-/// Which provider key a call uses. Today: the operator's keys from configuration
-/// (`inference.keys.*`); per-user keys (profiles) take precedence once the auth service stores
-/// them. A model that needs a key nobody has is refused before anything is stored.
+/// Where users' own provider keys come from (the auth service's sealed keys, opened in memory).
+#[async_trait::async_trait]
+pub trait UserKeySource: Send + Sync {
+    /// `user_id`'s key for `provider` (`claude`, `openai`, `google`) for a call to `model_id`, or
+    /// `None` when the user keeps none. 503 when the KMS is unavailable; 422 `INVALID_API_KEY`
+    /// when the stored key does not decrypt.
+    async fn user_key(
+        &self,
+        user_id: &str,
+        provider: &str,
+        model_id: &str,
+    ) -> Result<Option<SecretString>, ApiError>;
+}
+
+/// Which provider key a call uses: the user's own key (profile) first, then the operator's
+/// (`inference.keys.*`). A model that needs a key nobody has is refused before anything is
+/// stored.
 pub struct KeyResolver {
     operator: OperatorKeys,
+    users: Option<Arc<dyn UserKeySource>>,
 }
 
 impl KeyResolver {
     pub fn new(operator: OperatorKeys) -> Self {
-        Self { operator }
+        Self {
+            operator,
+            users: None,
+        }
     }
 
-    pub fn resolve(&self, model: &ModelEntry) -> Result<Option<SecretString>, ApiError> {
+    pub async fn resolve(
+        &self,
+        model: &ModelEntry,
+        user_id: &str,
+    ) -> Result<Option<SecretString>, ApiError> {
         let Some(name) = model.api_key_required.as_deref() else {
             return Ok(None);
         };
+        if let Some(users) = &self.users
+            && let Some(key) = users.user_key(user_id, name, &model.id).await?
+        {
+            return Ok(Some(key));
+        }
         match self.operator.get(name) {
             Some(key) => Ok(Some(key.clone())),
             None => Err(ApiError::new(
@@ -163,8 +240,38 @@ contextLength = 1000
 temperatureRange = { min = 0.0, max = 1.0, step = 0.1, default = 0.5 }
 "#;
 
-    #[test]
-    fn routes_and_keys_follow_the_catalog_and_settings() {
+    struct OneUser;
+
+    #[async_trait::async_trait]
+    impl UserKeySource for OneUser {
+        async fn user_key(
+            &self,
+            user_id: &str,
+            provider: &str,
+            _model_id: &str,
+        ) -> Result<Option<SecretString>, ApiError> {
+            Ok((user_id == "u1" && provider == "claude").then(|| "sk-user".into()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_users_own_key_wins_over_the_operators() {
+        use secrecy::ExposeSecret;
+        let catalog = Catalog::parse(CATALOG).unwrap();
+        let mut settings = InferenceSettings::default();
+        settings.keys.claude = Some("sk-operator".into());
+        let r = Registry::new(&catalog, &settings)
+            .unwrap()
+            .with_user_keys(Arc::new(OneUser));
+        let claude = catalog.get("c").unwrap();
+        let own = r.key(claude, "u1").await.unwrap().unwrap();
+        assert_eq!(own.expose_secret(), "sk-user");
+        let other = r.key(claude, "u2").await.unwrap().unwrap();
+        assert_eq!(other.expose_secret(), "sk-operator");
+    }
+
+    #[tokio::test]
+    async fn routes_and_keys_follow_the_catalog_and_settings() {
         let catalog = Catalog::parse(CATALOG).unwrap();
         let settings = InferenceSettings::default();
         let r = Registry::new(&catalog, &settings).unwrap();
@@ -179,11 +286,19 @@ temperatureRange = { min = 0.0, max = 1.0, step = 0.1, default = 0.5 }
             ErrorCode::ServiceUnavailable
         );
         let claude = catalog.get("c").unwrap();
-        assert_eq!(r.key(claude).unwrap_err().code, ErrorCode::ApiKeyRequired);
+        assert_eq!(
+            r.key(claude, "u").await.unwrap_err().code,
+            ErrorCode::ApiKeyRequired
+        );
         let mut settings = InferenceSettings::default();
         settings.keys.claude = Some("sk-x".into());
         let r = Registry::new(&catalog, &settings).unwrap();
-        assert!(r.key(claude).unwrap().is_some());
-        assert!(r.key(catalog.get("local").unwrap()).unwrap().is_none());
+        assert!(r.key(claude, "u").await.unwrap().is_some());
+        assert!(
+            r.key(catalog.get("local").unwrap(), "u")
+                .await
+                .unwrap()
+                .is_none()
+        );
     }
 }
