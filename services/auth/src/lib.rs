@@ -3,6 +3,7 @@
 //! `start` wires it to NATS; `main.rs` only adds configuration, telemetry and signals.
 
 pub mod passwords;
+pub mod profile;
 pub mod service;
 
 use anyhow::Context;
@@ -11,10 +12,15 @@ use polylogue_config::Settings;
 use polylogue_contracts::auth::{
     LoginRequest, LogoutRequest, RefreshRequest, RegisterRequest, UserGetRequest,
 };
+use polylogue_contracts::profile::{
+    EnvelopeRequest, KeysDeleteRequest, KeysPutRequest, ProfileGetRequest, ProfileUpdateRequest,
+    RewrapRequest,
+};
 use polylogue_contracts::subjects::{auth as verbs, service as names};
 use polylogue_storage::AuthStore;
 use polylogue_storage::auth::scylla::{ScyllaAuthStore, ScyllaConfig};
 use polylogue_storage::auth::sqlite::SqliteAuthStore;
+use profile::Profiles;
 use secrecy::ExposeSecret;
 use service::AuthService;
 use std::sync::Arc;
@@ -53,6 +59,7 @@ pub async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn AuthStore
 /// A running auth service.
 pub struct Running {
     pub service: Arc<AuthService>,
+    pub profiles: Arc<Profiles>,
     host: ServiceHost,
 }
 
@@ -75,6 +82,22 @@ pub async fn start(
         polylogue_bus::revocations::open(bus, Duration::from_secs(settings.jwt.access_ttl_secs))
             .await
             .map_err(|e| anyhow::anyhow!("opening the revocation bucket: {e}"))?;
+    let catalog = Arc::new(
+        polylogue_catalog::Catalog::load(settings.catalog.path.as_deref())
+            .context("loading the model catalog")?,
+    );
+    let kms = polylogue_crypto::kms_from_settings(settings)
+        .await
+        .context("opening the key-management service")?;
+    let profiles = Arc::new(Profiles::new(Arc::clone(&store), catalog, kms, bus.clone()));
+    profile::keep_last_used(
+        bus.clone(),
+        Arc::clone(&store),
+        Duration::from_millis(settings.keys.last_used_flush_ms),
+        Duration::from_secs(settings.keys.audit_retention_secs),
+        shutdown.clone(),
+    )
+    .await?;
     let service =
         Arc::new(AuthService::new(settings, store, revoked).map_err(|e| anyhow::anyhow!("{e}"))?);
     let host = ServiceHost::start(
@@ -164,7 +187,71 @@ pub async fn start(
         }),
     )
     .await?;
-    Ok(Running { service, host })
+    let p = Arc::clone(&profiles);
+    add(
+        &host,
+        verbs::PROFILE_GET,
+        handler(move |_ctx, req: ProfileGetRequest| {
+            let p = Arc::clone(&p);
+            async move { p.get(req).await }
+        }),
+    )
+    .await?;
+    let p = Arc::clone(&profiles);
+    add(
+        &host,
+        verbs::PROFILE_UPDATE,
+        handler(move |_ctx, req: ProfileUpdateRequest| {
+            let p = Arc::clone(&p);
+            async move { p.update(req).await }
+        }),
+    )
+    .await?;
+    let p = Arc::clone(&profiles);
+    add(
+        &host,
+        verbs::KEYS_PUT,
+        handler(move |_ctx, req: KeysPutRequest| {
+            let p = Arc::clone(&p);
+            async move { p.put_keys(req).await }
+        }),
+    )
+    .await?;
+    let p = Arc::clone(&profiles);
+    add(
+        &host,
+        verbs::KEYS_DELETE,
+        handler(move |_ctx, req: KeysDeleteRequest| {
+            let p = Arc::clone(&p);
+            async move { p.delete_key(req).await }
+        }),
+    )
+    .await?;
+    let p = Arc::clone(&profiles);
+    add(
+        &host,
+        verbs::KEYS_ENVELOPE,
+        handler(move |_ctx, req: EnvelopeRequest| {
+            let p = Arc::clone(&p);
+            async move { p.envelope(req).await }
+        }),
+    )
+    .await?;
+    let p = Arc::clone(&profiles);
+    add(
+        &host,
+        verbs::KEYS_REWRAP,
+        handler(move |_ctx, req: RewrapRequest| {
+            let p = Arc::clone(&p);
+            async move { p.rewrap(req).await }
+        }),
+    )
+    .await?;
+    Ok(Running {
+        service,
+        profiles,
+        host,
+    })
 }
 
 async fn add(host: &ServiceHost, verb: &str, h: polylogue_bus::Handler) -> anyhow::Result<()> {

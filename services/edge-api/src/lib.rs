@@ -27,8 +27,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub fn router(state: Arc<EdgeState>, body_limit: usize) -> Router {
-    use axum::routing::patch;
-    use routes::{auth, inference, summaries, system, threads};
+    use axum::routing::{delete, patch};
+    use routes::{auth, inference, profile, summaries, system, threads};
     Router::new()
         .route("/api/login", post(auth::login))
         .route("/api/logout", post(auth::logout))
@@ -57,6 +57,12 @@ pub fn router(state: Arc<EdgeState>, body_limit: usize) -> Router {
         .route(
             "/api/threads/{threadId}/models/{modelId}/summarize",
             post(summaries::summarize),
+        )
+        .route("/api/profile", get(profile::get).patch(profile::update))
+        .route("/api/profile/api-keys", post(profile::put_keys))
+        .route(
+            "/api/profile/api-keys/{provider}",
+            delete(profile::delete_key),
         )
         .route("/api/models", get(inference::models))
         .fallback(|| async { axum::http::StatusCode::NOT_FOUND })
@@ -127,6 +133,12 @@ pub async fn start(
             heartbeat: Duration::from_millis(settings.inference.heartbeat_ms),
         },
         summarize_timeout: Duration::from_secs(settings.summarizer.request_timeout_secs),
+        kms: polylogue_crypto::kms_from_settings(settings)
+            .await
+            .context("opening the key-management service")?,
+        key_verifiers: polylogue_providers::key_verifiers(&settings.inference)
+            .map_err(|e| anyhow::anyhow!("provider clients for key verification: {e}"))?,
+        key_verify_timeout: Duration::from_millis(settings.keys.verify_timeout_ms),
     });
     let revocations =
         polylogue_bus::revocations::open(&bus, Duration::from_secs(settings.jwt.access_ttl_secs))

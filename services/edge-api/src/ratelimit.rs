@@ -33,6 +33,13 @@ const SPEC: &[(&str, &str, &str, u32, Scope)] = &[
     ("GET", "/api/profile", "profile_get", 60, Scope::User),
     ("PATCH", "/api/profile", "profile_update", 20, Scope::User),
     ("POST", "/api/profile/api-keys", "api_keys", 5, Scope::User),
+    (
+        "DELETE",
+        "/api/profile/api-keys/{provider}",
+        "api_keys_delete",
+        20,
+        Scope::User,
+    ),
     ("GET", "/api/models", "models", 60, Scope::User),
     (
         "GET",

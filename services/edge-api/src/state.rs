@@ -41,6 +41,11 @@ pub struct EdgeState {
     pub inference: InferenceTimings,
     /// How long `POST .../summarize` waits for the summarizer.
     pub summarize_timeout: Duration,
+    /// Seals provider keys as they are added (the KMS gives each a fresh data key).
+    pub kms: Arc<dyn polylogue_crypto::Kms>,
+    /// Clients that check a key with its provider when it is added, by provider name.
+    pub key_verifiers: std::collections::HashMap<String, Arc<dyn polylogue_providers::Provider>>,
+    pub key_verify_timeout: Duration,
 }
 
 pub struct InferenceTimings {

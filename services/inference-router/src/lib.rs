@@ -91,7 +91,16 @@ pub async fn start(
         Catalog::load(settings.catalog.path.as_deref()).context("loading the model catalog")?,
     );
     let registry = Registry::new(&catalog, &s)
-        .map_err(|e| anyhow::anyhow!("building the provider clients: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("building the provider clients: {e}"))?
+        .with_user_keys(
+            polylogue_crypto::UserKeys::from_settings(
+                settings,
+                bus,
+                "inference-router",
+                shutdown.clone(),
+            )
+            .await?,
+        );
     // The BPE tables take a moment to build; pay for it before taking requests.
     if s.warm_up_tokenizers {
         tokio::task::spawn_blocking(polylogue_providers::tokens::warm_up)
@@ -223,7 +232,7 @@ impl Router {
             ));
         }
         let provider = self.registry.provider(&model.id)?;
-        let key = self.registry.key(model)?;
+        let key = self.registry.key(model, &req.user_id).await?;
         let history: HistoryReply = self
             .bus
             .request(

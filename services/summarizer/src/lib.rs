@@ -55,7 +55,16 @@ pub async fn start(
         anyhow::bail!("summarizer.model {model:?} is not in the model catalog");
     }
     let registry = Registry::new(&catalog, &settings.inference)
-        .map_err(|e| anyhow::anyhow!("building the provider clients: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("building the provider clients: {e}"))?
+        .with_user_keys(
+            polylogue_crypto::UserKeys::from_settings(
+                settings,
+                bus,
+                "summarizer",
+                shutdown.clone(),
+            )
+            .await?,
+        );
     if settings.inference.warm_up_tokenizers {
         tokio::task::spawn_blocking(polylogue_providers::tokens::warm_up)
             .await

@@ -394,7 +394,7 @@ impl Summarizer {
             )
         })?;
         let provider = self.registry.provider(&writer.id)?;
-        let key = self.registry.key(writer)?;
+        let key = self.registry.key(writer, &history.user_id).await?;
         let counter = TokenCounter::for_model(provider.kind(), &writer.provider_model);
         let bounds = Bounds {
             min: self.settings.min_tokens,

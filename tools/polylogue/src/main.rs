@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 use polylogue_bus::{Bus, RequestContext};
 use polylogue_config::Settings;
 use polylogue_contracts::auth::{RegisterRequest, UserView};
+use polylogue_contracts::profile::{RewrapReply, RewrapRequest};
 use polylogue_contracts::subjects::{auth as verbs, service};
 use polylogue_contracts::{ErrorCode, Secret};
 use std::io::{BufRead, Write};
@@ -26,6 +27,29 @@ enum Command {
     User {
         #[command(subcommand)]
         command: UserCommand,
+    },
+    /// Encryption of users' provider keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Rotate the key-encryption key (`[kms]`: the local key file or the Vault transit key). New
+    /// keys are wrapped with the new version at once; stored ones keep opening with their old
+    /// version until `keys rewrap` moves them.
+    Rotate,
+    /// Re-wrap every stored data key under the newest key-encryption-key version (done by the
+    /// auth service; secrets stay sealed). Safe to run again; prints the counts.
+    Rewrap {
+        /// Keys per store page.
+        #[arg(long, default_value_t = 100)]
+        page_size: u32,
+        /// How long to wait for the auth service to finish.
+        #[arg(long, default_value_t = 3600)]
+        timeout_secs: u64,
     },
 }
 
@@ -57,8 +81,58 @@ async fn main() -> anyhow::Result<()> {
     if let Some(url) = cli.nats_url {
         settings.nats.url = url;
     }
-    let bus = Bus::connect(&settings.nats, "polylogue-cli").await?;
     match cli.command {
+        Command::Keys {
+            command: KeysCommand::Rotate,
+        } => {
+            let kms = polylogue_crypto::kms_from_settings(&settings).await?;
+            let version = kms
+                .rotate()
+                .await
+                .map_err(|e| anyhow::anyhow!("rotating the {} key: {e}", kms.name()))?;
+            writeln!(
+                std::io::stdout().lock(),
+                "{} key-encryption key is now version {version}; run `polylogue keys rewrap` to move stored keys to it",
+                kms.name()
+            )?;
+        }
+        Command::Keys {
+            command:
+                KeysCommand::Rewrap {
+                    page_size,
+                    timeout_secs,
+                },
+        } => {
+            let bus = Bus::connect(&settings.nats, "polylogue-cli").await?;
+            let reply: RewrapReply = bus
+                .request_with_timeout(
+                    service::AUTH,
+                    verbs::KEYS_REWRAP,
+                    &RequestContext::internal(),
+                    &RewrapRequest {
+                        page_size: Some(page_size),
+                    },
+                    std::time::Duration::from_secs(timeout_secs),
+                )
+                .await
+                .map_err(|e| anyhow::anyhow!("{}: {}", e.code, e.message))?;
+            writeln!(
+                std::io::stdout().lock(),
+                "scanned {}, rewrapped {}, already current {}, changed meanwhile {}, failed {} (version {})",
+                reply.scanned,
+                reply.rewrapped,
+                reply.current,
+                reply.skipped,
+                reply.failed,
+                reply.version
+            )?;
+            if reply.failed > 0 {
+                bail!(
+                    "{} keys did not rewrap; see the auth service's log",
+                    reply.failed
+                );
+            }
+        }
         Command::User {
             command:
                 UserCommand::Add {
@@ -69,6 +143,7 @@ async fn main() -> anyhow::Result<()> {
                     if_not_exists,
                 },
         } => {
+            let bus = Bus::connect(&settings.nats, "polylogue-cli").await?;
             let password = if password_stdin {
                 let mut line = String::new();
                 std::io::stdin().lock().read_line(&mut line)?;
