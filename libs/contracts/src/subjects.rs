@@ -114,6 +114,8 @@ pub mod auth {
     pub const ADMIN_USER_CREATE: &str = "admin.user.create";
     pub const PROFILE_GET: &str = "profile.get";
     pub const PROFILE_UPDATE: &str = "profile.update";
+    /// A user's settings only (system prompt, default temperature), for the inference router.
+    pub const PROFILE_SETTINGS: &str = "profile.settings";
     /// Store keys already sealed by the edge.
     pub const KEYS_PUT: &str = "keys.put";
     pub const KEYS_DELETE: &str = "keys.delete";

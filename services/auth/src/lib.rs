@@ -200,6 +200,16 @@ pub async fn start(
     let p = Arc::clone(&profiles);
     add(
         &host,
+        verbs::PROFILE_SETTINGS,
+        handler(move |_ctx, req: ProfileGetRequest| {
+            let p = Arc::clone(&p);
+            async move { p.settings(req).await }
+        }),
+    )
+    .await?;
+    let p = Arc::clone(&profiles);
+    add(
+        &host,
         verbs::PROFILE_UPDATE,
         handler(move |_ctx, req: ProfileUpdateRequest| {
             let p = Arc::clone(&p);

@@ -124,6 +124,16 @@ impl Profiles {
         Ok(view(&user, &keys))
     }
 
+    /// The settings alone (no key statuses): one user read, for each generation.
+    pub async fn settings(&self, req: ProfileGetRequest) -> Result<ProfileSettingsView, ApiError> {
+        let user = self.user(user_id(&req.user_id)?).await?;
+        Ok(ProfileSettingsView {
+            default_model: user.settings.default_model,
+            default_temperature: user.settings.default_temperature,
+            system_prompt: user.settings.system_prompt,
+        })
+    }
+
     pub async fn update(&self, req: ProfileUpdateRequest) -> Result<ProfileView, ApiError> {
         let id = user_id(&req.user_id)?;
         let current = self.user(id).await?;

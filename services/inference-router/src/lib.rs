@@ -18,7 +18,10 @@ use polylogue_bus::{Bus, RequestContext, ServiceHost, handler};
 use polylogue_catalog::{Catalog, ModelEntry};
 use polylogue_config::{InferenceSettings, Settings};
 use polylogue_contracts::inference::{SendMessageReply, SendMessageRequest};
-use polylogue_contracts::subjects::{inference as verbs, service as names, thread as thread_verbs};
+use polylogue_contracts::profile::{ProfileGetRequest, ProfileSettingsView};
+use polylogue_contracts::subjects::{
+    auth as auth_verbs, inference as verbs, service as names, thread as thread_verbs,
+};
 use polylogue_contracts::threads::{
     AppendMessageReply, AppendMessageRequest, HistoryReply, HistoryRequest,
 };
@@ -197,6 +200,29 @@ impl Router {
         })
     }
 
+    /// The user's profile settings (system prompt, default temperature); the installation's
+    /// defaults when the auth service does not answer (a generation never fails for it).
+    async fn profile_settings(&self, ctx: &RequestContext, user_id: &str) -> ProfileSettingsView {
+        match self
+            .bus
+            .request::<_, ProfileSettingsView>(
+                names::AUTH,
+                auth_verbs::PROFILE_SETTINGS,
+                ctx,
+                &ProfileGetRequest {
+                    user_id: user_id.to_owned(),
+                },
+            )
+            .await
+        {
+            Ok(settings) => settings,
+            Err(error) => {
+                tracing::warn!(code = %error.code, "profile settings unavailable; installation defaults used");
+                ProfileSettingsView::default()
+            }
+        }
+    }
+
     pub async fn send(
         self: &Arc<Self>,
         ctx: RequestContext,
@@ -224,7 +250,9 @@ impl Router {
                 "expected": format!("at most {} bytes", self.settings.max_content_bytes),
             })));
         }
-        let temperature = temperature(model, req.temperature)?;
+        if let Some(t) = req.temperature {
+            temperature(model, Some(t))?;
+        }
         if req.max_tokens == Some(0) {
             return Err(ApiError::validation(
                 "maxTokens",
@@ -232,7 +260,22 @@ impl Router {
             ));
         }
         let provider = self.registry.provider(&model.id)?;
-        let key = self.registry.key(model, &req.user_id).await?;
+        // The user's own key and profile settings, both from the auth service, at once.
+        let (key, profile) = tokio::join!(
+            self.registry.key(model, &req.user_id),
+            self.profile_settings(&ctx, &req.user_id)
+        );
+        let key = key?;
+        let temperature = temperature(
+            model,
+            req.temperature.or(profile.default_temperature.filter(|t| {
+                (model.temperature_range.min..=model.temperature_range.max).contains(t)
+            })),
+        )?;
+        let system_prompt = profile
+            .system_prompt
+            .filter(|p| !p.trim().is_empty())
+            .unwrap_or_else(|| self.settings.default_system_prompt.clone());
         let history: HistoryReply = self
             .bus
             .request(
@@ -257,7 +300,7 @@ impl Router {
         );
         let assembled = assembly::assemble(
             &assembly::Inputs {
-                system_prompt: &self.settings.default_system_prompt,
+                system_prompt: &system_prompt,
                 summary: history.summary.as_ref(),
                 history: &history.messages,
                 user_content: &req.content,

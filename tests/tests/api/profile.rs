@@ -706,3 +706,54 @@ async fn local_kek_rotation_then_rewrap_keeps_every_key_opening() {
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(mode.permissions().mode() & 0o777, 0o600);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_users_system_prompt_and_default_temperature_shape_their_generations() {
+    let app = cluster().await;
+    let who = user(&app, "styled").await;
+    let t = thread(&app, &who).await;
+    let (status, body) = patch(
+        &app,
+        &who,
+        json!({ "settings": { "systemPrompt": "You are Polly, a parrot.", "defaultTemperature": 0.2 } }),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    app.sim.clear_requests();
+    // An OpenAI-compatible model with no key needed: the system message and temperature show.
+    let (status, body) = send(&app, &who, &t, "sim-compatible").await;
+    assert_eq!(status, 200, "{body}");
+    let seen = app.sim.requests();
+    let request = &seen.last().unwrap().body;
+    assert_eq!(request["messages"][0]["role"], "system", "{request}");
+    assert_eq!(
+        request["messages"][0]["content"],
+        "You are Polly, a parrot."
+    );
+    assert_eq!(request["temperature"], 0.2, "{request}");
+    // A temperature in the request wins; another user gets the installation's defaults.
+    app.sim.clear_requests();
+    let (status, _) = envelope(
+        app.send_json(
+            Method::POST,
+            &format!("/api/threads/{t}/models/sim-compatible/messages"),
+            &who,
+            &json!({ "content": "again", "temperature": 1.5 }),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(app.sim.requests().last().unwrap().body["temperature"], 1.5);
+    let other = user(&app, "plain").await;
+    let t2 = thread(&app, &other).await;
+    app.sim.clear_requests();
+    let (status, _) = send(&app, &other, &t2, "sim-compatible").await;
+    assert_eq!(status, 200);
+    let request = app.sim.requests().last().unwrap().body.clone();
+    assert_eq!(
+        request["messages"][0]["content"],
+        app.settings.inference.default_system_prompt.as_str()
+    );
+    assert_eq!(request["temperature"], 0.7, "the model's default");
+}
