@@ -2,18 +2,66 @@
 //! on one port, with deterministic replies, configurable latency and fault injection.
 //!
 //! Replies are `"tok0 tok1 ... "`, or deterministic sentences when the system prompt or
-//! last user message contains `summarize`. The last user message may carry
-//! `[sim key=value ...]` with keys `ttft`, `gap`, `header_delay` (ms), `tokens`,
-//! `fail` (status), `retry_after` (s), `fail_times` + `id`, `cut_after`, `abort_after`,
-//! `malformed_after`, `summary_words` and `text` (token prefix).
+//! last user message (Ollama `/api/generate`: the `system` and `prompt`) contains
+//! `summarize`. The last user message may carry `[sim key=value ...]` with keys `ttft`,
+//! `gap`, `header_delay` (ms), `tokens`, `fail` (status), `retry_after` (s),
+//! `fail_times` + `id`, `cut_after`, `abort_after`, `malformed_after`, `summary_words` and
+//! `text` (token prefix).
+//!
+//! # Ollama models
+//!
+//! The simulated Ollama keeps installed (on disk) and loaded (in memory) models, configured
+//! by [`SimOptions::ollama`] ([`OllamaOptions`]); by default `llama3.2:latest`, `qwen2.5:7b`
+//! and `mistral:latest` are installed and nothing is loaded. Names are case-insensitive and
+//! an untagged name means `:latest`. Following Ollama's API:
+//!
+//! - `GET /api/tags`: installed models (`name`, `model`, `modified_at`, `size`, `digest`,
+//!   `details`), most recently modified first.
+//! - `POST /api/show` `{"model"}`: `modelfile`, `parameters`, `template`, `details`,
+//!   `model_info`, `capabilities`, `license`; 404 `{"error":"model 'x' not found"}`.
+//! - `POST /api/pull` `{"model", "stream"?}`: NDJSON `{"status":"pulling manifest"}`, then per
+//!   layer (weights, template, license, params, config) `{"status":"pulling <12 hex>",
+//!   "digest":"sha256:…","total":N,"completed":M}` every progress interval (60 ms) at the
+//!   pull speed, then `verifying sha256 digest`, `writing manifest` (the model is installed)
+//!   and `success`. Blobs already on disk count as complete at once. With `"stream": false`
+//!   one `{"status":"success"}`, or 500 `{"error"}`. A name containing `missing` fails with
+//!   `{"error":"pull model manifest: file does not exist"}` after `pulling manifest` (a last
+//!   NDJSON line of the 200 stream, as Ollama does); one containing `fail-midway` streams
+//!   progress and fails with an error line once half the weights arrived, installing nothing.
+//!   Concurrent pulls of one model share one download; when every puller disconnects the
+//!   download stops and the next pull resumes from the bytes already there.
+//! - `POST /api/generate` / `POST /api/chat` with no `prompt` / `messages`: loads the model
+//!   (taking the load time) and answers `{"done":true,"done_reason":"load"}`; with
+//!   `keep_alive: 0` unloads it (`"done_reason":"unload"`). A model that is not installed
+//!   gets 404 `{"error":"model \"x\" not found, try pulling it first"}`. `keep_alive` is
+//!   seconds or a Go duration (`"5m"`), negative for forever, 5 minutes by default. A chat
+//!   or generation with an installed model loads it first when needed (`load_duration`);
+//!   with a model that is not installed it is answered without loading anything, or 404
+//!   with [`OllamaOptions::strict_models`].
+//! - `GET /api/ps`: loaded (and loading) models with `size`, `size_vram`, `expires_at`,
+//!   `context_length`; models are evicted once `expires_at` passes.
+//! - `DELETE /api/delete` `{"model"}`: 200 with an empty body, or 404.
+//!
+//! Pulls, shows, deletes and generations are recorded like chats (`GET` requests are not).
+//! Test controls, also as [`SimServer`] methods: `GET /_sim/ollama` ([`OllamaSnapshot`]:
+//! models, pulls in progress, `downloads` and `downloadedBytes` counters), `PUT
+//! /_sim/ollama/installed` (`["name", {"name", "weightsBytes", "memoryBytes", ...}]`), `PUT
+//! /_sim/ollama/loaded` (`["name"]`), `PUT /_sim/ollama/pull-speed` (`{"bytesPerSec"}`) and
+//! `POST /_sim/ollama/reset`.
 
 mod anthropic;
 mod common;
 mod directives;
 mod gemini;
 mod ollama;
+mod ollama_models;
 mod openai;
 mod reply;
+
+pub use ollama_models::{
+    DEFAULT_PULL_BYTES_PER_SEC, DEFAULT_WEIGHTS_BYTES, OllamaModel, OllamaOptions, OllamaSnapshot,
+    default_ollama_models,
+};
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -23,7 +71,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post, put};
 use axum::serve::ListenerExt as _;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -63,6 +111,8 @@ impl Default for SimConfig {
 pub struct SimOptions {
     /// Reject OpenAI requests without an `Authorization: Bearer` key.
     pub require_auth_openai: bool,
+    /// The simulated Ollama's models: installed and loaded at start, pull speed, load time.
+    pub ollama: OllamaOptions,
 }
 
 /// One recorded provider request (the key itself is never stored).
@@ -91,12 +141,15 @@ pub(crate) struct State {
     records: Mutex<VecDeque<RecordedRequest>>,
     fail_counts: Mutex<HashMap<String, u32>>,
     pub ids: AtomicU64,
+    /// The simulated Ollama's models.
+    pub ollama: Arc<ollama_models::OllamaState>,
 }
 
 impl State {
     fn new(config: SimConfig, options: SimOptions) -> Self {
         Self {
             records: Mutex::new(VecDeque::with_capacity(config.record.min(4096))),
+            ollama: Arc::new(ollama_models::OllamaState::new(options.ollama.clone())),
             config,
             options,
             fail_counts: Mutex::new(HashMap::new()),
@@ -156,8 +209,21 @@ fn router(state: Arc<State>) -> Router {
             post(gemini::generate).get(gemini::get_model),
         )
         .route("/api/chat", post(ollama::chat))
-        .route("/api/tags", get(ollama::tags))
+        .route("/api/generate", post(ollama::generate))
         .route("/api/version", get(ollama::version))
+        .route("/api/tags", get(ollama_models::tags))
+        .route("/api/show", post(ollama_models::show))
+        .route("/api/pull", post(ollama_models::pull))
+        .route("/api/ps", get(ollama_models::ps))
+        .route("/api/delete", delete(ollama_models::delete))
+        .route("/_sim/ollama", get(ollama_models::sim_state))
+        .route("/_sim/ollama/installed", put(ollama_models::sim_installed))
+        .route("/_sim/ollama/loaded", put(ollama_models::sim_loaded))
+        .route(
+            "/_sim/ollama/pull-speed",
+            put(ollama_models::sim_pull_speed),
+        )
+        .route("/_sim/ollama/reset", post(ollama_models::sim_reset))
         .route(
             "/_sim/requests",
             get(common::get_requests).delete(common::delete_requests),
@@ -241,6 +307,36 @@ impl SimServer {
     /// Forgets all recorded requests.
     pub fn clear_requests(&self) {
         self.state.clear();
+    }
+
+    /// The simulated Ollama's installed, loaded and pulling models and pull counters.
+    pub fn ollama_state(&self) -> OllamaSnapshot {
+        self.state.ollama.snapshot()
+    }
+
+    /// Replaces the installed Ollama models (loaded models stay loaded).
+    pub fn set_ollama_installed(&self, models: impl IntoIterator<Item = OllamaModel>) {
+        self.state
+            .ollama
+            .set_installed(models.into_iter().collect());
+    }
+
+    /// Replaces the loaded Ollama models (already loaded, with the default keep-alive);
+    /// names that are not installed are installed first.
+    pub fn set_ollama_loaded<S: AsRef<str>>(&self, names: impl IntoIterator<Item = S>) {
+        let names: Vec<S> = names.into_iter().collect();
+        self.state.ollama.set_loaded(&names);
+    }
+
+    /// Sets the simulated download speed of Ollama pulls, including those in progress.
+    pub fn set_ollama_pull_speed(&self, bytes_per_sec: u64) {
+        self.state.ollama.set_pull_speed(bytes_per_sec);
+    }
+
+    /// Back to the configured Ollama models and speed: pulls in progress fail, counters
+    /// restart at zero.
+    pub fn reset_ollama(&self) {
+        self.state.ollama.reset();
     }
 
     /// Stops accepting connections and waits (up to 2 s) for open ones to finish.

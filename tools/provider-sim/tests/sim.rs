@@ -428,6 +428,7 @@ async fn openai_auth() {
         SimConfig::default(),
         SimOptions {
             require_auth_openai: true,
+            ..SimOptions::default()
         },
         listener,
     )
