@@ -37,6 +37,7 @@ pub struct Settings {
     pub catalog: CatalogSettings,
     pub kms: KmsSettings,
     pub keys: KeySettings,
+    pub loader: LoaderSettings,
 }
 
 impl Default for Settings {
@@ -55,6 +56,7 @@ impl Default for Settings {
             catalog: CatalogSettings::default(),
             kms: KmsSettings::default(),
             keys: KeySettings::default(),
+            loader: LoaderSettings::default(),
         }
     }
 }
@@ -319,6 +321,12 @@ pub struct InferenceSettings {
     pub max_concurrent: usize,
     /// Build the BPE tables (OpenAI token counting) at start rather than on first use.
     pub warm_up_tokenizers: bool,
+    /// A non-streaming message to a local model that is not loaded waits this long for its load
+    /// (started or joined on demand), then answers 503 with `Retry-After`.
+    pub load_wait_secs: u64,
+    /// A streaming message waits this long for its model's load (with `status` events) before
+    /// it ends with an error.
+    pub load_timeout_secs: u64,
 }
 
 impl Default for InferenceSettings {
@@ -348,6 +356,8 @@ impl Default for InferenceSettings {
             checkpoint_ms: 1_000,
             max_concurrent: 2_000,
             warm_up_tokenizers: true,
+            load_wait_secs: 20,
+            load_timeout_secs: 1_800,
         }
     }
 }
@@ -489,6 +499,60 @@ impl Default for VaultKmsSettings {
             key_name: "polylogue-provider-keys".into(),
             namespace: None,
             timeout_ms: 2_000,
+        }
+    }
+}
+
+/// The ollama-loader: local models' status and load jobs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LoaderSettings {
+    pub ops_listen: String,
+    /// Ollama hosts to manage; empty = `inference.ollama_url`, else the catalog's Ollama `baseUrl`s.
+    /// A model is served by the first host that has it.
+    pub ollama_hosts: Vec<String>,
+    /// How often the status of local models is refreshed (Ollama `/api/ps` + `/api/tags`, the
+    /// OpenAI-compatible servers' `/v1/models`).
+    pub poll_interval_ms: u64,
+    /// How often cloud providers' reachability is checked.
+    pub cloud_check_secs: u64,
+    /// `keep_alive` sent when loading a model into Ollama's memory (Ollama duration, e.g. `30m`, or `-1` = forever).
+    pub keep_alive: String,
+    /// Jobs run at once per loader replica.
+    pub max_concurrent_jobs: usize,
+    /// Deliveries of a job (a loader dying mid-job counts one) before it ends `error`.
+    pub max_attempts: u32,
+    /// How long a job's work-queue message stays with a loader that stops reporting progress
+    /// before another loader (or the restarted one) takes the job over.
+    pub ack_wait_secs: u64,
+    /// How often a running job's progress is written (and so reaches SSE readers).
+    pub progress_interval_ms: u64,
+    /// How long a whole job may take before it ends `error`.
+    pub job_timeout_secs: u64,
+    /// How long ended jobs stay readable (KV TTL).
+    pub job_retention_secs: u64,
+    /// Download speed assumed for `estimatedTime` until one is measured, bytes per second.
+    pub assumed_download_bytes_per_sec: u64,
+    /// A status record older than this is answered `unavailable` (no loader is watching).
+    pub status_stale_secs: u64,
+}
+
+impl Default for LoaderSettings {
+    fn default() -> Self {
+        Self {
+            ops_listen: "127.0.0.1:9184".into(),
+            ollama_hosts: Vec::new(),
+            poll_interval_ms: 2_000,
+            cloud_check_secs: 60,
+            keep_alive: "30m".into(),
+            max_concurrent_jobs: 2,
+            max_attempts: 3,
+            ack_wait_secs: 30,
+            progress_interval_ms: 250,
+            job_timeout_secs: 3_600,
+            job_retention_secs: 86_400,
+            assumed_download_bytes_per_sec: 50_000_000,
+            status_stale_secs: 30,
         }
     }
 }
@@ -791,6 +855,26 @@ impl Settings {
                 }
             }
             other => return invalid(format!("kms.engine must be local or vault, got {other:?}")),
+        }
+        let l = &self.loader;
+        if l.poll_interval_ms == 0
+            || l.cloud_check_secs == 0
+            || l.max_concurrent_jobs == 0
+            || l.max_attempts == 0
+            || l.ack_wait_secs < 3
+            || l.progress_interval_ms == 0
+            || l.job_timeout_secs == 0
+            || l.job_retention_secs == 0
+            || l.assumed_download_bytes_per_sec == 0
+            || l.status_stale_secs == 0
+        {
+            return invalid(
+                "loader: intervals, limits and timeouts must be positive (ack_wait_secs at least 3)"
+                    .into(),
+            );
+        }
+        if l.keep_alive.trim().is_empty() {
+            return invalid("loader.keep_alive must not be empty".into());
         }
         let k = &self.keys;
         if k.verify_timeout_ms == 0 || k.last_used_flush_ms == 0 || k.audit_retention_secs == 0 {

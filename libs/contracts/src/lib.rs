@@ -7,6 +7,7 @@ pub mod error;
 pub mod health;
 pub mod inference;
 pub mod keys;
+pub mod models;
 pub mod profile;
 pub mod secret;
 pub mod subjects;

@@ -8,6 +8,36 @@ pub mod service {
     pub const THREAD: &str = "thread";
     pub const INFERENCE: &str = "inference";
     pub const SUMMARIZER: &str = "summarizer";
+    pub const LOADER: &str = "ollama-loader";
+}
+
+/// Verbs of the ollama-loader, relative to `<prefix>.ollama-loader`, and its JetStream names.
+pub mod loader {
+    /// Start or join the load of a local model (`LoadRequest` → `LoadReply`).
+    pub const LOAD: &str = "load";
+    /// Cancel a load job (`CancelLoadRequest` → `CancelLoadReply`).
+    pub const CANCEL: &str = "cancel";
+    pub const HEALTH: &str = "health";
+
+    /// KV bucket of every catalog model's status, kept current by the loader.
+    pub fn status_bucket(prefix: &str) -> String {
+        format!("{prefix}-model-status")
+    }
+
+    /// KV bucket of load jobs (`job.<id>`) and each model's active job (`active.<model>`).
+    pub fn jobs_bucket(prefix: &str) -> String {
+        format!("{prefix}-load-jobs")
+    }
+
+    /// Work-queue stream of load jobs to run (one message per job).
+    pub fn queue_stream(prefix: &str) -> String {
+        format!("{prefix}-load-queue")
+    }
+
+    /// Subject of the work queue.
+    pub fn queue_subject(prefix: &str) -> String {
+        format!("{prefix}.loader.jobs")
+    }
 }
 
 /// Verbs of the inference router, relative to `<prefix>.inference`.
