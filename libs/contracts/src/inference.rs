@@ -79,3 +79,20 @@ pub struct ErrorData {
     pub error: ApiError,
     pub timestamp: String,
 }
+
+/// `status` event: the model a streaming message waits for is loading (sent before
+/// `message_start`'s first token; the last one says `loaded`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusData {
+    pub message_id: String,
+    pub model_id: String,
+    /// `loading` or `loaded`.
+    pub status: String,
+    /// 0–100, never decreasing.
+    pub load_progress: f64,
+    /// What the load is doing (`downloading`, `loading`, …).
+    pub phase: String,
+    pub job_id: String,
+    pub timestamp: String,
+}

@@ -12,8 +12,9 @@ use futures::StreamExt;
 use polylogue_bus::RequestContext;
 use polylogue_bus::generations::GenerationLease;
 use polylogue_contracts::inference::{
-    CancelReply, ErrorData, MessageCompleteData, MessageStartData, TokenData, event,
+    CancelReply, ErrorData, MessageCompleteData, MessageStartData, StatusData, TokenData, event,
 };
+use polylogue_contracts::models::{LoadJob, job};
 use polylogue_contracts::subjects::inference as subjects;
 use polylogue_contracts::{ApiError, ErrorCode};
 use polylogue_providers::tokens::TokenCounter;
@@ -40,6 +41,9 @@ pub struct Job {
     pub temperature: f64,
     pub counter: TokenCounter,
     pub request_id: String,
+    /// The load job of the model, when it was not loaded yet: waited for (with `status`
+    /// events) before the provider is called.
+    pub load: Option<String>,
 }
 
 pub fn now_rfc3339() -> String {
@@ -133,58 +137,116 @@ async fn run(router: &Router, job: Job) {
     let mut created = false;
     let mut attempts = 0;
     let mut first_token_at = None;
+    // A model being loaded: its progress as `status` events, then the call (or the failure).
+    let mut loaded = None;
+    if let Some(job_id) = &job.load {
+        let limit = Duration::from_secs(router.settings.load_timeout_secs);
+        let status = |state: &str, progress: f64, phase: &str| StatusData {
+            message_id: job.message_id.clone(),
+            model_id: job.model_id.clone(),
+            status: state.into(),
+            load_progress: progress,
+            phase: phase.into(),
+            job_id: job_id.clone(),
+            timestamp: now_rfc3339(),
+        };
+        let deadline = tokio::time::Instant::now() + limit;
+        let failed = |state: Option<&LoadJob>| match state {
+            Some(state) if job::is_terminal(&state.status) => {
+                End::Failed(crate::loading::load_failed(&job.model_id, state))
+            }
+            _ => End::Failed(ApiError::new(
+                ErrorCode::GatewayTimeout,
+                format!(
+                    "model {} did not finish loading within {} s",
+                    job.model_id,
+                    limit.as_secs()
+                ),
+            )),
+        };
+        let waited = match crate::loading::follow(&router.js, &prefix, job_id).await {
+            None => Some(failed(None)),
+            Some(mut states) => loop {
+                tokio::select! {
+                    biased;
+                    req = next_cancel(&mut cancel) => break Some(End::Cancelled(req)),
+                    () = tokio::time::sleep_until(deadline) => break Some(failed(None)),
+                    state = states.next() => match state {
+                        None => break Some(failed(None)),
+                        Some(state) if state.status == job::COMPLETE => break None,
+                        Some(state) if job::is_terminal(&state.status) => break Some(failed(Some(&state))),
+                        Some(state) => {
+                            writer
+                                .send(event::STATUS, &status("loading", state.progress, &state.phase))
+                                .await;
+                        }
+                    }
+                }
+            },
+        };
+        if waited.is_none() {
+            writer
+                .send(event::STATUS, &status("loaded", 100.0, "ready"))
+                .await;
+        }
+        loaded = waited;
+    }
     let connect = polylogue_providers::stream_with_retry(
         job.provider.as_ref(),
         job.key.as_ref(),
         &job.request,
         &router.retry,
     );
-    let end = tokio::select! {
-        biased;
-        req = next_cancel(&mut cancel) => End::Cancelled(req),
-        result = connect => match result {
-            Err(e) => End::Failed(provider_error(kind, &e)),
-            Ok((mut stream, n)) => {
-                attempts = n;
-                let checkpoint = Duration::from_millis(router.settings.checkpoint_ms);
-                let mut last_checkpoint = Instant::now();
-                loop {
-                    tokio::select! {
-                        biased;
-                        req = next_cancel(&mut cancel) => break End::Cancelled(req),
-                        item = stream.next() => match item {
-                            Some(Ok(StreamEvent::Token(t))) => {
-                                content.push_str(&t);
-                                if !created {
-                                    first_token_at = Some(started.elapsed());
-                                    let reply = Reply {
-                                        content: content.clone(),
-                                        status: "streaming".into(),
-                                        temperature: Some(job.temperature),
-                                        ..Reply::default()
-                                    };
-                                    match target.create(&reply).await {
-                                        Ok(_) => created = true,
-                                        Err(error) => tracing::warn!(code = %error.code, message_id = %job.message_id, "assistant message not created at first token"),
+    let end = if let Some(end) = loaded {
+        end
+    } else {
+        tokio::select! {
+            biased;
+            req = next_cancel(&mut cancel) => End::Cancelled(req),
+            result = connect => match result {
+                Err(e) => End::Failed(provider_error(kind, &e)),
+                Ok((mut stream, n)) => {
+                    attempts = n;
+                    let checkpoint = Duration::from_millis(router.settings.checkpoint_ms);
+                    let mut last_checkpoint = Instant::now();
+                    loop {
+                        tokio::select! {
+                            biased;
+                            req = next_cancel(&mut cancel) => break End::Cancelled(req),
+                            item = stream.next() => match item {
+                                Some(Ok(StreamEvent::Token(t))) => {
+                                    content.push_str(&t);
+                                    if !created {
+                                        first_token_at = Some(started.elapsed());
+                                        let reply = Reply {
+                                            content: content.clone(),
+                                            status: "streaming".into(),
+                                            temperature: Some(job.temperature),
+                                            ..Reply::default()
+                                        };
+                                        match target.create(&reply).await {
+                                            Ok(_) => created = true,
+                                            Err(error) => tracing::warn!(code = %error.code, message_id = %job.message_id, "assistant message not created at first token"),
+                                        }
+                                        last_checkpoint = Instant::now();
                                     }
-                                    last_checkpoint = Instant::now();
-                                }
-                                writer.send(event::TOKEN, &TokenData { token: t, message_id: job.message_id.clone() }).await;
-                                if created && last_checkpoint.elapsed() >= checkpoint {
-                                    last_checkpoint = Instant::now();
-                                    let reply = Reply { content: content.clone(), status: "streaming".into(), ..Reply::default() };
-                                    if let Err(error) = target.update(&reply).await {
-                                        tracing::warn!(code = %error.code, "checkpoint failed");
+                                    writer.send(event::TOKEN, &TokenData { token: t, message_id: job.message_id.clone() }).await;
+                                    if created && last_checkpoint.elapsed() >= checkpoint {
+                                        last_checkpoint = Instant::now();
+                                        let reply = Reply { content: content.clone(), status: "streaming".into(), ..Reply::default() };
+                                        if let Err(error) = target.update(&reply).await {
+                                            tracing::warn!(code = %error.code, "checkpoint failed");
+                                        }
                                     }
                                 }
+                                Some(Ok(StreamEvent::Usage(u))) => {
+                                    usage.input_tokens = u.input_tokens.or(usage.input_tokens);
+                                    usage.output_tokens = u.output_tokens.or(usage.output_tokens);
+                                }
+                                Some(Ok(StreamEvent::Done { finish_reason })) => break End::Complete { finish_reason },
+                                Some(Err(e)) => break End::Failed(provider_error(kind, &e)),
+                                None => break End::Complete { finish_reason: None },
                             }
-                            Some(Ok(StreamEvent::Usage(u))) => {
-                                usage.input_tokens = u.input_tokens.or(usage.input_tokens);
-                                usage.output_tokens = u.output_tokens.or(usage.output_tokens);
-                            }
-                            Some(Ok(StreamEvent::Done { finish_reason })) => break End::Complete { finish_reason },
-                            Some(Err(e)) => break End::Failed(provider_error(kind, &e)),
-                            None => break End::Complete { finish_reason: None },
                         }
                     }
                 }

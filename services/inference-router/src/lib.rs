@@ -8,16 +8,19 @@
 pub mod assembly;
 pub mod events;
 mod generation;
+pub mod loading;
 mod persist;
 
 use anyhow::Context;
 use async_nats::jetstream;
 use dashmap::DashMap;
+use loading::Readiness;
 use polylogue_bus::generations::Leases;
 use polylogue_bus::{Bus, RequestContext, ServiceHost, handler};
 use polylogue_catalog::{Catalog, ModelEntry};
 use polylogue_config::{InferenceSettings, Settings};
 use polylogue_contracts::inference::{SendMessageReply, SendMessageRequest};
+use polylogue_contracts::models::job;
 use polylogue_contracts::profile::{ProfileGetRequest, ProfileSettingsView};
 use polylogue_contracts::subjects::{
     auth as auth_verbs, inference as verbs, service as names, thread as thread_verbs,
@@ -323,6 +326,41 @@ impl Router {
                 "contextLength": model.context_length,
             }))
         })?;
+        // A local model that is not loaded: start or join its load. A non-streaming send waits
+        // for it here (nothing is stored if it does not finish in time); a streaming one goes on
+        // and its generation reports the load as `status` events.
+        let load = match loading::ensure(&self.bus, &self.js, &ctx, model, &req.user_id).await? {
+            Readiness::Ready => None,
+            Readiness::Loading {
+                job_id,
+                estimated_time,
+            } if !req.stream => {
+                let limit = Duration::from_secs(self.settings.load_wait_secs);
+                match loading::wait(&self.js, self.bus.prefix(), &job_id, limit).await {
+                    Ok(()) => None,
+                    Err(Some(job)) if job::is_terminal(&job.status) => {
+                        return Err(loading::load_failed(&model.id, &job));
+                    }
+                    Err(last) => {
+                        let progress = last.as_ref().map_or(0.0, |j| j.progress);
+                        return Err(ApiError::new(
+                            ErrorCode::ServiceUnavailable,
+                            format!(
+                                "model {} is loading ({progress:.0} % done); retry shortly or stream the reply to follow the load",
+                                model.id
+                            ),
+                        )
+                        .with_details(serde_json::json!({
+                            "retryAfter": loading::retry_after(last.as_ref(), estimated_time),
+                            "jobId": job_id,
+                            "modelId": model.id,
+                            "loadProgress": progress,
+                        })));
+                    }
+                }
+            }
+            Readiness::Loading { job_id, .. } => Some(job_id),
+        };
         let Ok(permit) = Arc::clone(&self.permits).try_acquire_owned() else {
             return Err(ApiError::new(
                 ErrorCode::ServiceUnavailable,
@@ -395,6 +433,7 @@ impl Router {
             temperature,
             counter,
             request_id: ctx.request_id.clone(),
+            load,
         };
         generation::spawn(Arc::clone(self), job, permit);
         metrics::counter!("polylogue_generations_started_total", "model" => model.id.clone())
