@@ -28,7 +28,7 @@ use tokio_util::task::TaskTracker;
 
 pub fn router(state: Arc<EdgeState>, body_limit: usize) -> Router {
     use axum::routing::{delete, patch};
-    use routes::{auth, inference, profile, summaries, system, threads};
+    use routes::{auth, inference, models, profile, summaries, system, threads};
     Router::new()
         .route("/api/login", post(auth::login))
         .route("/api/logout", post(auth::logout))
@@ -65,6 +65,13 @@ pub fn router(state: Arc<EdgeState>, body_limit: usize) -> Router {
             delete(profile::delete_key),
         )
         .route("/api/models", get(inference::models))
+        .route("/api/models/{modelId}/status", get(models::status))
+        .route("/api/models/{modelId}/load", post(models::load))
+        .route(
+            "/api/models/{modelId}/load/stream",
+            get(models::load_stream),
+        )
+        .route("/api/models/{modelId}/load/{jobId}", delete(models::cancel))
         .fallback(|| async { axum::http::StatusCode::NOT_FOUND })
         .method_not_allowed_fallback(|| async { axum::http::StatusCode::METHOD_NOT_ALLOWED })
         .layer(axum::middleware::from_fn_with_state(
@@ -128,6 +135,9 @@ pub async fn start(
         tokens: tokio::sync::OnceCell::new(),
         inference: state::InferenceTimings {
             keepalive: Duration::from_secs(settings.edge.sse_keepalive_secs.max(1)),
+            send_timeout: Duration::from_millis(settings.nats.request_timeout_ms),
+            send_timeout_loading: Duration::from_millis(settings.nats.request_timeout_ms)
+                + Duration::from_secs(settings.inference.load_wait_secs + 2),
             reply_timeout: Duration::from_secs(settings.edge.reply_timeout_secs),
             lease_timeout: Duration::from_millis(settings.inference.lease_timeout_ms),
             heartbeat: Duration::from_millis(settings.inference.heartbeat_ms),
@@ -139,6 +149,9 @@ pub async fn start(
         key_verifiers: polylogue_providers::key_verifiers(&settings.inference)
             .map_err(|e| anyhow::anyhow!("provider clients for key verification: {e}"))?,
         key_verify_timeout: Duration::from_millis(settings.keys.verify_timeout_ms),
+        model_status: tokio::sync::OnceCell::new(),
+        load_jobs: tokio::sync::OnceCell::new(),
+        status_stale: Duration::from_secs(settings.loader.status_stale_secs),
     });
     let revocations =
         polylogue_bus::revocations::open(&bus, Duration::from_secs(settings.jwt.access_ttl_secs))

@@ -34,6 +34,20 @@ const SPEC: &[(&str, &str, &str, u32, Scope)] = &[
     ("PATCH", "/api/profile", "profile_update", 20, Scope::User),
     ("POST", "/api/profile/api-keys", "api_keys", 5, Scope::User),
     (
+        "GET",
+        "/api/models/{modelId}/load/stream",
+        "model_load_stream",
+        30,
+        Scope::User,
+    ),
+    (
+        "DELETE",
+        "/api/models/{modelId}/load/{jobId}",
+        "model_load_cancel",
+        10,
+        Scope::User,
+    ),
+    (
         "DELETE",
         "/api/profile/api-keys/{provider}",
         "api_keys_delete",

@@ -46,10 +46,20 @@ pub struct EdgeState {
     /// Clients that check a key with its provider when it is added, by provider name.
     pub key_verifiers: std::collections::HashMap<String, Arc<dyn polylogue_providers::Provider>>,
     pub key_verify_timeout: Duration,
+    /// Local models' status (written by the ollama-loader), looked up once it exists.
+    pub model_status: OnceCell<async_nats::jetstream::kv::Store>,
+    /// Load jobs, looked up once they exist.
+    pub load_jobs: OnceCell<async_nats::jetstream::kv::Store>,
+    /// A status record older than this reads as `unavailable`.
+    pub status_stale: Duration,
 }
 
 pub struct InferenceTimings {
     pub keepalive: Duration,
+    /// How long a send may take: the bus timeout, or (non-streaming, a model that needs
+    /// loading) that plus `inference.load_wait_secs`.
+    pub send_timeout: Duration,
+    pub send_timeout_loading: Duration,
     pub reply_timeout: Duration,
     pub lease_timeout: Duration,
     pub heartbeat: Duration,

@@ -107,9 +107,20 @@ pub async fn send(
     let idempotency_key = idempotency_key(&headers)?;
     let ctx = bus_context(&meta, &headers);
     let stream = body.stream;
+    // A non-streaming message to a local model that is not loaded waits for the load in the
+    // router (`inference.load_wait_secs`): give the request that long on top.
+    let needs_loading = state
+        .catalog
+        .get(&model_id)
+        .is_some_and(|m| m.requires_loading);
+    let timeout = if needs_loading && !stream {
+        state.inference.send_timeout_loading
+    } else {
+        state.inference.send_timeout
+    };
     let sent: SendMessageReply = state
         .bus
-        .request(
+        .request_with_timeout(
             service::INFERENCE,
             subjects::SEND,
             &ctx,
@@ -123,6 +134,7 @@ pub async fn send(
                 stream,
                 idempotency_key,
             },
+            timeout,
         )
         .await?;
     let owner = Owner {

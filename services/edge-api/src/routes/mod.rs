@@ -1,5 +1,6 @@
 pub mod auth;
 pub mod inference;
+pub mod models;
 pub mod profile;
 pub mod summaries;
 pub mod system;
