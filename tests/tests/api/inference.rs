@@ -3,9 +3,8 @@
 //! a router killed mid-stream, provider error mapping, the context budget and ownership.
 
 use crate::envelope;
-use futures::StreamExt;
 use polylogue_provider_sim::SimConfig;
-use polylogue_tests::{Cookies, TestCluster};
+use polylogue_tests::{Cookies, Ev, SseReader, TestCluster};
 use reqwest::Method;
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -52,87 +51,6 @@ async fn thread(app: &TestCluster, who: &Cookies) -> String {
 
 fn expected_reply(n: usize) -> String {
     (0..n).map(|i| format!("tok{i} ")).collect()
-}
-
-/// One SSE event as a client sees it.
-#[derive(Debug, Clone)]
-struct Ev {
-    id: Option<String>,
-    event: String,
-    data: Value,
-}
-
-/// Reads SSE events off a response, incrementally.
-struct SseReader {
-    body: futures::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
-    buf: String,
-}
-
-impl SseReader {
-    async fn open(r: reqwest::Response) -> Self {
-        if r.status() != 200 {
-            let status = r.status();
-            panic!(
-                "SSE request answered {status}: {}",
-                r.text().await.unwrap_or_default()
-            );
-        }
-        let ct = r.headers()["content-type"].to_str().unwrap().to_owned();
-        assert!(ct.starts_with("text/event-stream"), "{ct}");
-        assert_eq!(r.headers()["cache-control"], "no-cache");
-        Self {
-            body: r.bytes_stream().boxed(),
-            buf: String::new(),
-        }
-    }
-
-    async fn next(&mut self) -> Option<Ev> {
-        loop {
-            if let Some(end) = self.buf.find("\n\n") {
-                let block: String = self.buf.drain(..end + 2).collect();
-                let mut ev = Ev {
-                    id: None,
-                    event: "message".into(),
-                    data: Value::Null,
-                };
-                let mut data = String::new();
-                let mut any = false;
-                for line in block.lines() {
-                    if let Some(v) = line.strip_prefix("event:") {
-                        ev.event = v.trim().to_owned();
-                        any = true;
-                    } else if let Some(v) = line.strip_prefix("data:") {
-                        data.push_str(v.trim_start());
-                        any = true;
-                    } else if let Some(v) = line.strip_prefix("id:") {
-                        ev.id = Some(v.trim().to_owned());
-                    }
-                }
-                if !any {
-                    continue; // a keep-alive comment
-                }
-                ev.data = serde_json::from_str(&data).unwrap_or(Value::String(data));
-                return Some(ev);
-            }
-            let chunk = tokio::time::timeout(Duration::from_secs(15), self.body.next())
-                .await
-                .expect("an SSE event within 15 s")?;
-            self.buf.push_str(&String::from_utf8_lossy(&chunk.ok()?));
-        }
-    }
-
-    /// Every event up to and including `close`.
-    async fn all(mut self) -> Vec<Ev> {
-        let mut out = Vec::new();
-        while let Some(e) = self.next().await {
-            let close = e.event == "close";
-            out.push(e);
-            if close {
-                break;
-            }
-        }
-        out
-    }
 }
 
 fn tokens_of(events: &[Ev]) -> String {

@@ -11,6 +11,7 @@ mod envelope;
 mod health;
 mod inference;
 mod lifecycle;
+mod models;
 mod profile;
 mod rate_limits;
 mod summarizer;
