@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole system on this machine with embedded defaults: NATS (JetStream), the local model
-# server (llama.cpp + SmolLM2-135M-Instruct), the auth, thread, inference-router and summarizer
-# services and the edge API, plus a
+# server (llama.cpp + SmolLM2-135M-Instruct), the auth, thread, inference-router, ollama-loader
+# and summarizer services and the edge API, plus a
 # demo user. Installs what is missing, runs in the foreground and stops everything it started on
 # Ctrl-C / SIGTERM.
 #
@@ -13,6 +13,7 @@
 #   POLYLOGUE_AUTH_OPS_PORT    auth /metrics + /healthz        (9181)
 #   POLYLOGUE_THREAD_OPS_PORT  thread /metrics + /healthz      (9182)
 #   POLYLOGUE_ROUTER_OPS_PORT  inference-router ops port       (9183)
+#   POLYLOGUE_LOADER_OPS_PORT  ollama-loader ops port          (9184)
 #   POLYLOGUE_SUMMARIZER_OPS_PORT summarizer ops port          (9185)
 #   POLYLOGUE_LLAMA_PORT       local model server (OpenAI API) (8090; the catalog's smollm2-135m-local)
 #   POLYLOGUE_LLAMA_THREADS    CPU threads of the local model  (2)
@@ -31,6 +32,7 @@ EDGE_OPS_PORT="${POLYLOGUE_EDGE_OPS_PORT:-9180}"
 AUTH_OPS_PORT="${POLYLOGUE_AUTH_OPS_PORT:-9181}"
 THREAD_OPS_PORT="${POLYLOGUE_THREAD_OPS_PORT:-9182}"
 ROUTER_OPS_PORT="${POLYLOGUE_ROUTER_OPS_PORT:-9183}"
+LOADER_OPS_PORT="${POLYLOGUE_LOADER_OPS_PORT:-9184}"
 SUMMARIZER_OPS_PORT="${POLYLOGUE_SUMMARIZER_OPS_PORT:-9185}"
 LLAMA_PORT="${POLYLOGUE_LLAMA_PORT:-8090}"
 LOCAL_MODEL=1
@@ -81,6 +83,7 @@ export POLYLOGUE__EDGE__OPS_LISTEN="127.0.0.1:$EDGE_OPS_PORT"
 export POLYLOGUE__AUTH__OPS_LISTEN="127.0.0.1:$AUTH_OPS_PORT"
 export POLYLOGUE__THREAD__OPS_LISTEN="127.0.0.1:$THREAD_OPS_PORT"
 export POLYLOGUE__INFERENCE__OPS_LISTEN="127.0.0.1:$ROUTER_OPS_PORT"
+export POLYLOGUE__LOADER__OPS_LISTEN="127.0.0.1:$LOADER_OPS_PORT"
 export POLYLOGUE__SUMMARIZER__OPS_LISTEN="127.0.0.1:$SUMMARIZER_OPS_PORT"
 # The shipped catalog, with the local model where this run starts it.
 sed "s#http://127.0.0.1:8090/v1#http://127.0.0.1:$LLAMA_PORT/v1#" deploy/catalog/models.toml >"$DATA_DIR/catalog.toml"
@@ -134,6 +137,11 @@ log "starting inference-router"
 PIDS+=($!)
 wait_http "http://127.0.0.1:$ROUTER_OPS_PORT/healthz" 60
 
+log "starting ollama-loader (local models' status and load jobs)"
+"$BIN/polylogue-ollama-loader" 2> >(tee -a "$DATA_DIR/logs/ollama-loader.log" >&2) &
+PIDS+=($!)
+wait_http "http://127.0.0.1:$LOADER_OPS_PORT/healthz" 60
+
 log "starting summarizer"
 "$BIN/polylogue-summarizer" 2> >(tee -a "$DATA_DIR/logs/summarizer.log" >&2) &
 PIDS+=($!)
@@ -157,6 +165,7 @@ cat <<INFO
   curl -c jar -H 'content-type: application/json' \\
        -d '{"username":"$DEMO_USER","password":"$DEMO_PASSWORD"}' http://127.0.0.1:$HTTP_PORT/api/login
   curl -b jar http://127.0.0.1:$HTTP_PORT/api/models
+  curl -b jar http://127.0.0.1:$HTTP_PORT/api/models/smollm2-135m-local/status
   curl -b jar -H 'content-type: application/json' -d '{"title":"first chat"}' http://127.0.0.1:$HTTP_PORT/api/threads
   # then, with the thread id it returns, chat with the local model (streamed):
   curl -N -b jar -H 'content-type: application/json' -d '{"content":"Hello!","stream":true}' \
@@ -165,7 +174,7 @@ cat <<INFO
   curl -b jar -X POST http://127.0.0.1:$HTTP_PORT/api/threads/THREAD_ID/models/smollm2-135m-local/summarize
   curl -b jar -X POST http://127.0.0.1:$HTTP_PORT/api/logout
 
-  metrics: http://127.0.0.1:$EDGE_OPS_PORT/metrics  http://127.0.0.1:$AUTH_OPS_PORT/metrics  http://127.0.0.1:$THREAD_OPS_PORT/metrics  http://127.0.0.1:$ROUTER_OPS_PORT/metrics  http://127.0.0.1:$SUMMARIZER_OPS_PORT/metrics
+  metrics: http://127.0.0.1:$EDGE_OPS_PORT/metrics  http://127.0.0.1:$AUTH_OPS_PORT/metrics  http://127.0.0.1:$THREAD_OPS_PORT/metrics  http://127.0.0.1:$ROUTER_OPS_PORT/metrics  http://127.0.0.1:$LOADER_OPS_PORT/metrics  http://127.0.0.1:$SUMMARIZER_OPS_PORT/metrics
   $LOCAL_MODEL_LINE
   logs:    $DATA_DIR/logs        Ctrl-C stops everything.
 

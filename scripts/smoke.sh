@@ -31,6 +31,14 @@ if [ -n "$LLAMA_URL" ]; then
   echo "$body" | python3 -c 'import json,sys; d=json.load(sys.stdin); assert d["success"], d; assert d["data"]["assistantMessage"]["content"].strip(), d' \
     || fail "chat with the local model: $body"
   echo "smoke: chat with smollm2-135m-local through the edge: ok"
+  # The ollama-loader reports the running local model as loaded (it polls every 2 s).
+  for _ in $(seq 1 50); do
+    body=$(curl -sf -b "$JAR" "$BASE/api/models/smollm2-135m-local/status") || fail "model status failed"
+    echo "$body" | grep -q '"status":"loaded"' && break
+    sleep 0.2
+  done
+  echo "$body" | grep -q '"status":"loaded"' || fail "smollm2-135m-local status: $body"
+  echo "smoke: smollm2-135m-local reported loaded by the ollama-loader: ok"
 fi
 body=$(curl -sf -b "$JAR" "$BASE/api/threads") || fail "listing threads failed"
 echo "$body" | grep -q '"totalCount"' || fail "thread list body: $body"
