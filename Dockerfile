@@ -1,8 +1,9 @@
 # syntax=docker/dockerfile:1
 #
 # One image, every Polylogue binary: polylogue-edge-api, polylogue-auth, polylogue-thread,
-# polylogue-inference-router, polylogue-summarizer, the `polylogue` admin CLI and `provider-sim` (a simulator of the
-# LLM provider APIs, for tests and load tests; never routed to by default) in /usr/local/bin.
+# polylogue-inference-router, polylogue-summarizer, polylogue-ollama-loader, the `polylogue` admin
+# CLI and `provider-sim` (a simulator of the LLM provider APIs, for tests and load tests; never
+# routed to by default) in /usr/local/bin.
 # The entrypoint is empty: docker-compose.yml and the Kubernetes manifests name the binary to run.
 #
 #   docker build -t polylogue:latest \
@@ -44,7 +45,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     mkdir -p /out; \
     cp target/release/polylogue-edge-api target/release/polylogue-auth \
        target/release/polylogue-thread target/release/polylogue-inference-router \
-       target/release/polylogue-summarizer \
+       target/release/polylogue-summarizer target/release/polylogue-ollama-loader \
        target/release/polylogue target/release/provider-sim /out/
 
 # ---------------------------------------------------------------------------------------------
@@ -85,12 +86,13 @@ EOF
 WORKDIR /var/lib/polylogue
 USER 10001:10001
 
-# edge-api HTTP, edge-api ops, auth ops, thread ops, inference-router ops, summarizer ops (the
-# defaults bind 127.0.0.1; deployments set 0.0.0.0). provider-sim listens where SIM_LISTEN says.
-EXPOSE 8080 9180 9181 9182 9183 9185
+# edge-api HTTP, edge-api ops, auth ops, thread ops, inference-router ops, ollama-loader ops,
+# summarizer ops (the defaults bind 127.0.0.1; deployments set 0.0.0.0). provider-sim listens
+# where SIM_LISTEN says.
+EXPOSE 8080 9180 9181 9182 9183 9184 9185
 
 LABEL org.opencontainers.image.title="polylogue" \
-      org.opencontainers.image.description="Polylogue multi-LLM chat backend: edge-api, auth, thread, inference-router, summarizer, the polylogue admin CLI and provider-sim" \
+      org.opencontainers.image.description="Polylogue multi-LLM chat backend: edge-api, auth, thread, inference-router, summarizer, ollama-loader, the polylogue admin CLI and provider-sim" \
       org.opencontainers.image.licenses="Apache-2.0"
 
 ENTRYPOINT []
