@@ -147,12 +147,15 @@ impl Runtimes {
         })
     }
 
-    /// `POST /api/generate` with only the model and `keep_alive`: loads the model into memory
-    /// (or keeps it there longer), within `timeout`.
+    /// `POST /api/generate` with no prompt, only the model, `keep_alive` and `options.num_ctx`:
+    /// loads the model into memory (or keeps it there longer), within `timeout`. `num_ctx` is the
+    /// catalog's context length, the one every chat sends: a runner loaded with another context
+    /// size would be reloaded by the first chat.
     pub async fn load(
         &self,
         host: &str,
         model: &str,
+        num_ctx: u32,
         keep_alive: &str,
         timeout: Duration,
     ) -> Result<(), String> {
@@ -162,6 +165,7 @@ impl Runtimes {
             .json(&serde_json::json!({
                 "model": model,
                 "keep_alive": keep_alive_value(keep_alive),
+                "options": {"num_ctx": num_ctx},
             }));
         let reply: serde_json::Value = self.json(rb, timeout).await?;
         match reply.get("error").and_then(serde_json::Value::as_str) {

@@ -710,6 +710,7 @@ async fn ollama(
         .load(
             &host,
             name,
+            model.context_length,
             &loader.settings.keep_alive,
             Duration::from_secs(loader.settings.job_timeout_secs.max(1)),
         )

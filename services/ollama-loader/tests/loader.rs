@@ -586,7 +586,7 @@ async fn a_load_pulls_then_loads_with_rising_progress() {
     let sim = f.sim.ollama_state();
     assert!(sim.installed.iter().any(|m| m == "tinyllama:1b"));
     assert!(sim.loaded.iter().any(|m| m == "tinyllama:1b"));
-    // The load sent the configured keep_alive.
+    // The load sent the configured keep_alive ...
     let load = f
         .sim
         .requests()
@@ -594,6 +594,8 @@ async fn a_load_pulls_then_loads_with_rising_progress() {
         .find(|r| r.path == "/api/generate")
         .expect("a load request");
     assert_eq!(load.body["keep_alive"], "30m");
+    // ... and the catalog's context length, as every chat to it does (else Ollama reloads).
+    assert_eq!(load.body["options"]["num_ctx"], 4096);
     // The model stays loaded across polls.
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(
