@@ -66,7 +66,19 @@ fn unavailable(model_id: &str, why: impl Into<String>) -> ModelStatusRecord {
 
 /// The record as clients should see it: a record the loader stopped refreshing means nobody
 /// knows, so `unavailable` with the reason.
-async fn current_status(state: &EdgeState, model_id: &str) -> ModelStatusRecord {
+pub(crate) async fn current_status(state: &EdgeState, model_id: &str) -> ModelStatusRecord {
+    match reported_status(state, model_id).await {
+        Ok(record) => record,
+        Err(why) => unavailable(model_id, why),
+    }
+}
+
+/// The loader's current record of a model, or why there is none (no loader reported it, it
+/// could not be read, or the loader stopped refreshing it).
+pub(crate) async fn reported_status(
+    state: &EdgeState,
+    model_id: &str,
+) -> Result<ModelStatusRecord, String> {
     let Some(store) = bucket(
         state,
         &state.model_status,
@@ -74,33 +86,29 @@ async fn current_status(state: &EdgeState, model_id: &str) -> ModelStatusRecord 
     )
     .await
     else {
-        return unavailable(model_id, "no ollama-loader has reported model status yet");
+        return Err("no ollama-loader has reported model status yet".into());
     };
     let record = match store.get(status_key(model_id)).await {
         Ok(Some(bytes)) => serde_json::from_slice::<ModelStatusRecord>(&bytes).ok(),
         Ok(None) => None,
         Err(error) => {
             tracing::warn!(%error, "model status not read");
-            return unavailable(model_id, "the model status could not be read");
+            return Err("the model status could not be read".into());
         }
     };
     let Some(record) = record else {
-        return unavailable(model_id, "no status reported for this model yet");
+        return Err("no status reported for this model yet".into());
     };
     let age = OffsetDateTime::parse(&record.updated_at, &Rfc3339)
         .map(|t| OffsetDateTime::now_utc() - t)
         .unwrap_or(time::Duration::MAX);
     if age > state.status_stale {
-        return ModelStatusRecord {
-            error: Some(format!(
-                "the status is {} s old: no ollama-loader is watching this model",
-                age.whole_seconds().max(0)
-            )),
-            status: status::UNAVAILABLE.into(),
-            ..record
-        };
+        return Err(format!(
+            "the status is {} s old: no ollama-loader is watching this model",
+            age.whole_seconds().max(0)
+        ));
     }
-    record
+    Ok(record)
 }
 
 pub async fn status(

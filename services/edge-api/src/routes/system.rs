@@ -8,15 +8,28 @@ use axum::Extension;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use polylogue_contracts::health::DependencyHealth;
+use polylogue_contracts::models::status;
 use polylogue_contracts::subjects::service;
 use polylogue_contracts::{ApiError, ErrorCode};
-use serde_json::json;
+use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Services whose NATS presence health reports, and which of them own a database (asked through
-/// their `health` verb). Grows as services land.
+/// Services that own a database: their NATS presence and their store (asked through their
+/// `health` verb) are reported, and either down makes the system `degraded`.
 const SERVICES: &[&str] = &[service::AUTH, service::THREAD];
+
+/// Services reported by NATS presence only; the inference router is on every chat's path, so
+/// without it the system is `degraded`. The ollama-loader is reported but counts only for local
+/// models (`services.ollama`): chats to cloud models do not need it.
+const PRESENCE: &[(&str, bool)] = &[(service::INFERENCE, true), (service::LOADER, false)];
+
+/// The catalog's provider ids as `externalApis` names them (the spec's names for the keys).
+const EXTERNAL_APIS: &[(&str, &str)] = &[
+    ("anthropic", "claude"),
+    ("openai", "openai"),
+    ("google", "google"),
+];
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
@@ -56,6 +69,28 @@ pub async fn health(
                 Err(e) => json!({ "status": "unhealthy", "error": e.message }),
             },
         );
+    }
+    for (name, required) in PRESENCE {
+        let ping = if nats_ok {
+            state.bus.ping_service(name, probe).await
+        } else {
+            Err(ApiError::new(ErrorCode::ServiceUnavailable, "NATS is down"))
+        };
+        if *required {
+            all_ok &= ping.is_ok();
+        }
+        services.insert(
+            (*name).into(),
+            match ping {
+                Ok(rtt) => json!({ "status": "healthy", "latency": millis(rtt) }),
+                Err(e) => json!({ "status": "unhealthy", "error": e.message }),
+            },
+        );
+    }
+    if nats_ok {
+        let (ollama, external) = models_health(&state).await;
+        services.insert("ollama".into(), ollama);
+        services.insert("externalApis".into(), external);
     }
     // Each owner reports its own store; `database` is their combination (healthy only if all are).
     let mut owners = serde_json::Map::new();
@@ -119,6 +154,72 @@ pub async fn health(
         .with_details(doc)
         .into())
     }
+}
+
+/// `services.ollama` and `services.externalApis` from the status every edge replica shares
+/// (the ollama-loader's bucket, no provider round trip). `ollama` names one local model — the
+/// first loaded one, else the catalog's first local model — and lists them all under `models`;
+/// an API is `reachable` when the loader's last check of it succeeded, `unreachable` when it
+/// failed, `unknown` when no loader is reporting. Neither changes the overall status.
+async fn models_health(state: &EdgeState) -> (Value, Value) {
+    let models = state.catalog.models();
+    let records = futures::future::join_all(
+        models
+            .iter()
+            .map(|m| super::models::reported_status(state, &m.id)),
+    )
+    .await;
+    let mut local = Vec::new();
+    let mut external = serde_json::Map::new();
+    for (provider, name) in EXTERNAL_APIS {
+        if models.iter().any(|m| m.provider == *provider) {
+            external.insert((*name).into(), json!("unknown"));
+        }
+    }
+    for (m, r) in models.iter().zip(&records) {
+        if let Some((_, name)) = EXTERNAL_APIS.iter().find(|(p, _)| *p == m.provider) {
+            let seen = match r {
+                Ok(r) if r.status == status::LOADED => "reachable",
+                Ok(_) => "unreachable",
+                Err(_) => "unknown",
+            };
+            // One reachable model makes the API reachable; a check beats no check.
+            let rank = |v: &str| match v {
+                "reachable" => 2,
+                "unreachable" => 1,
+                _ => 0,
+            };
+            let entry = external.entry(*name).or_insert(json!("unknown"));
+            if rank(seen) > rank(entry.as_str().unwrap_or_default()) {
+                *entry = json!(seen);
+            }
+        } else {
+            let (st, memory) = match r {
+                Ok(r) => (r.status.clone(), r.memory_usage.clone()),
+                Err(_) => (status::UNAVAILABLE.to_owned(), None),
+            };
+            local.push(json!({ "modelId": m.id, "status": st, "memory": memory }));
+        }
+    }
+    let shown = local
+        .iter()
+        .find(|m| m["status"] == status::LOADED)
+        .or_else(|| local.first());
+    let ollama = match shown {
+        Some(m) => json!({
+            "status": m["status"],
+            "model": m["modelId"],
+            "memory": m["memory"],
+            "models": local,
+        }),
+        None => json!({
+            "status": status::UNAVAILABLE,
+            "model": null,
+            "memory": null,
+            "models": [],
+        }),
+    };
+    (ollama, Value::Object(external))
 }
 
 fn unknown_db(reason: &str) -> DependencyHealth {
