@@ -96,7 +96,8 @@ pub struct LoadJob {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LoadRequest {
     pub model_id: String,
-    /// Who asked (audit and logs); `None` for on-demand loads by the router.
+    /// Who asked (audit and logs): the user of `POST .../load`, or whose chat needed the model
+    /// when the router loads it on demand; `None` when nobody in particular did.
     #[serde(default)]
     pub user_id: Option<String>,
 }

@@ -164,15 +164,24 @@ async fn run(router: &Router, job: Job) {
                 ),
             )),
         };
+        let lost = || {
+            End::Failed(ApiError::new(
+                ErrorCode::ServiceUnavailable,
+                format!(
+                    "the load job of model {} could not be followed (no ollama-loader state for it)",
+                    job.model_id
+                ),
+            ))
+        };
         let waited = match crate::loading::follow(&router.js, &prefix, job_id).await {
-            None => Some(failed(None)),
+            None => Some(lost()),
             Some(mut states) => loop {
                 tokio::select! {
                     biased;
                     req = next_cancel(&mut cancel) => break Some(End::Cancelled(req)),
                     () = tokio::time::sleep_until(deadline) => break Some(failed(None)),
                     state = states.next() => match state {
-                        None => break Some(failed(None)),
+                        None => break Some(lost()),
                         Some(state) if state.status == job::COMPLETE => break None,
                         Some(state) if job::is_terminal(&state.status) => break Some(failed(Some(&state))),
                         Some(state) => {
