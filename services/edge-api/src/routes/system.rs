@@ -15,14 +15,20 @@ use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Services that own a database: their NATS presence and their store (asked through their
-/// `health` verb) are reported, and either down makes the system `degraded`.
+/// Services that own a database: their store is asked through their `health` verb, and one down
+/// makes the system `degraded`.
 const SERVICES: &[&str] = &[service::AUTH, service::THREAD];
 
-/// Services reported by NATS presence only; the inference router is on every chat's path, so
-/// without it the system is `degraded`. The ollama-loader is reported but counts only for local
-/// models (`services.ollama`): chats to cloud models do not need it.
-const PRESENCE: &[(&str, bool)] = &[(service::INFERENCE, true), (service::LOADER, false)];
+/// Services pinged through the NATS service API, and whether one missing makes the system
+/// `degraded`: the database owners and the inference router are on the request path; the
+/// ollama-loader is reported but counts only for local models (`services.ollama`), chats to cloud
+/// models do not need it.
+const PINGED: &[(&str, bool)] = &[
+    (service::AUTH, true),
+    (service::THREAD, true),
+    (service::INFERENCE, true),
+    (service::LOADER, false),
+];
 
 /// The catalog's provider ids as `externalApis` names them (the spec's names for the keys).
 const EXTERNAL_APIS: &[(&str, &str)] = &[
@@ -55,27 +61,18 @@ pub async fn health(
         },
     );
     let mut all_ok = nats_ok;
-    for name in SERVICES {
-        let ping = if nats_ok {
-            state.bus.ping_service(name, probe).await
+    // All pinged at once: a missing service answers "no responders" at once, a hung one costs
+    // one probe, not one per service.
+    let bus = &state.bus;
+    let pings = futures::future::join_all(PINGED.iter().map(|(name, _)| async move {
+        if nats_ok {
+            bus.ping_service(name, probe).await
         } else {
             Err(ApiError::new(ErrorCode::ServiceUnavailable, "NATS is down"))
-        };
-        all_ok &= ping.is_ok();
-        services.insert(
-            (*name).into(),
-            match ping {
-                Ok(rtt) => json!({ "status": "healthy", "latency": millis(rtt) }),
-                Err(e) => json!({ "status": "unhealthy", "error": e.message }),
-            },
-        );
-    }
-    for (name, required) in PRESENCE {
-        let ping = if nats_ok {
-            state.bus.ping_service(name, probe).await
-        } else {
-            Err(ApiError::new(ErrorCode::ServiceUnavailable, "NATS is down"))
-        };
+        }
+    }))
+    .await;
+    for ((name, required), ping) in PINGED.iter().zip(pings) {
         if *required {
             all_ok &= ping.is_ok();
         }
