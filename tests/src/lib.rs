@@ -355,6 +355,7 @@ pub fn test_settings(nats_url: &str, data_dir: &std::path::Path) -> Settings {
     s.loader.progress_interval_ms = 50;
     s.loader.cloud_check_secs = 1;
     s.loader.status_stale_secs = 5;
+    s.loader.pull_retry_backoff_ms = 20;
     s.auth.registration_enabled = Some(true);
     s.jwt.keys = vec![JwtKey {
         kid: "test-1".into(),

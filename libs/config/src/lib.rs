@@ -529,6 +529,12 @@ pub struct LoaderSettings {
     pub progress_interval_ms: u64,
     /// How long a whole job may take before it ends `error`.
     pub job_timeout_secs: u64,
+    /// Retries of an Ollama pull that failed for a passing reason (connection lost, a stalled or
+    /// cut-off download, Ollama's 5xx) within one run of a job; Ollama resumes the download.
+    /// A model the registry does not have is not retried. 0 = no retry.
+    pub pull_retries: u32,
+    /// Wait before the first such retry; doubled for each next one (at most 60 s).
+    pub pull_retry_backoff_ms: u64,
     /// How long ended jobs stay readable (KV TTL).
     pub job_retention_secs: u64,
     /// Download speed assumed for `estimatedTime` until one is measured, bytes per second.
@@ -550,6 +556,8 @@ impl Default for LoaderSettings {
             ack_wait_secs: 30,
             progress_interval_ms: 250,
             job_timeout_secs: 3_600,
+            pull_retries: 3,
+            pull_retry_backoff_ms: 1_000,
             job_retention_secs: 86_400,
             assumed_download_bytes_per_sec: 50_000_000,
             status_stale_secs: 30,
@@ -867,6 +875,7 @@ impl Settings {
             || l.job_retention_secs == 0
             || l.assumed_download_bytes_per_sec == 0
             || l.status_stale_secs == 0
+            || l.pull_retry_backoff_ms == 0
         {
             return invalid(
                 "loader: intervals, limits and timeouts must be positive (ack_wait_secs at least 3)"
@@ -875,6 +884,12 @@ impl Settings {
         }
         if l.keep_alive.trim().is_empty() {
             return invalid("loader.keep_alive must not be empty".into());
+        }
+        if l.pull_retries > 20 {
+            return invalid(format!(
+                "loader.pull_retries must be at most 20, got {}",
+                l.pull_retries
+            ));
         }
         let k = &self.keys;
         if k.verify_timeout_ms == 0 || k.last_used_flush_ms == 0 || k.audit_retention_secs == 0 {

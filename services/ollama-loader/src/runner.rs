@@ -52,6 +52,8 @@ pub mod phase {
     pub const STARTING: &str = "starting";
     pub const LOADING: &str = "loading";
     pub const CHECKING: &str = "checking";
+    /// Waiting to pull again after a passing failure (`loader.pull_retries`).
+    pub const RETRYING: &str = "retrying";
     pub const READY: &str = "ready";
     pub const FAILED: &str = "failed";
     pub const CANCELLED: &str = "cancelled";
@@ -699,7 +701,7 @@ async fn ollama(
         u.shows_loading = loaded.is_none();
     });
     if loaded.is_none() && installed.is_none() {
-        pull(loader, &host, name, floor, tx).await?;
+        pull_with_retries(loader, &host, name, floor, tx).await?;
     }
     tx.send_modify(|u| {
         phase::LOADING.clone_into(&mut u.phase);
@@ -733,6 +735,63 @@ async fn ollama(
 }
 
 /// Pulls `name` onto `host`, reporting progress; `Ok` once Ollama said `success`.
+/// Failures of a pull that another try cannot mend: the registry has no such model (Ollama says
+/// so only in words: `pull model manifest: file does not exist`, `… not found`), or the name is
+/// refused.
+fn permanent(reason: &str) -> bool {
+    let r = reason.to_ascii_lowercase();
+    [
+        "does not exist",
+        "not found",
+        "invalid model name",
+        "manifest unknown",
+        "unauthorized",
+    ]
+    .iter()
+    .any(|p| r.contains(p))
+}
+
+/// Wait before retry `n` (0-based): the base doubled each time, at most 60 s.
+fn backoff(base_ms: u64, n: u32) -> Duration {
+    Duration::from_millis(base_ms.saturating_mul(1 << n.min(16)).min(60_000))
+}
+
+/// [`pull`], tried again after a passing failure (a lost connection, a stalled or cut-off
+/// download, Ollama's own "max retries exceeded") up to `loader.pull_retries` times with
+/// exponential backoff; Ollama resumes the download, and the progress shown never goes back.
+/// The last failure's reason says how many retries there were.
+async fn pull_with_retries(
+    loader: &Loader,
+    host: &str,
+    name: &str,
+    floor: f64,
+    tx: &watch::Sender<Update>,
+) -> Result<(), String> {
+    let settings = &loader.settings;
+    let mut retries = 0;
+    loop {
+        let floor = floor.max(tx.borrow().progress);
+        match pull(loader, host, name, floor, tx).await {
+            Ok(()) => return Ok(()),
+            Err(reason) if retries < settings.pull_retries && !permanent(&reason) => {
+                let wait = backoff(settings.pull_retry_backoff_ms, retries);
+                retries += 1;
+                tracing::warn!(model = name, host, retry = retries, %reason, wait_ms = wait.as_millis(), "pull failed; retrying");
+                metrics::counter!("polylogue_loader_pull_retries_total").increment(1);
+                tx.send_modify(|u| phase::RETRYING.clone_into(&mut u.phase));
+                tokio::time::sleep(wait).await;
+            }
+            Err(reason) if retries > 0 => {
+                return Err(format!(
+                    "{reason} (after {retries} {})",
+                    if retries == 1 { "retry" } else { "retries" }
+                ));
+            }
+            Err(reason) => return Err(reason),
+        }
+    }
+}
+
 async fn pull(
     loader: &Loader,
     host: &str,
@@ -796,5 +855,28 @@ fn placeholder(model_id: &str) -> ModelEntry {
             step: 0.1,
             default: 0.5,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{backoff, permanent};
+    use std::time::Duration;
+
+    #[test]
+    fn missing_models_are_not_retried_and_network_failures_are() {
+        assert!(permanent("pull model manifest: file does not exist"));
+        assert!(permanent("model \"x\" not found, try pulling it first"));
+        assert!(!permanent("max retries exceeded: unexpected EOF"));
+        assert!(!permanent("Ollama reported no progress for 30 s"));
+        assert!(!permanent("the pull ended before Ollama reported success"));
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_a_minute() {
+        assert_eq!(backoff(1_000, 0), Duration::from_secs(1));
+        assert_eq!(backoff(1_000, 2), Duration::from_secs(4));
+        assert_eq!(backoff(1_000, 10), Duration::from_secs(60));
+        assert_eq!(backoff(u64::MAX, 30), Duration::from_secs(60));
     }
 }

@@ -123,6 +123,7 @@ fn catalog(sim: &str, closed_port: u16) -> String {
     model("ollama-slow", "ollama", "slowpoke:3b", Some(sim));
     model("ollama-missing", "ollama", "missing-model:1b", Some(sim));
     model("ollama-midway", "ollama", "fail-midway:1b", Some(sim));
+    model("ollama-flaky", "ollama", "fail-once:1b", Some(sim));
     model(
         "llama-sim",
         "openai-compatible",
@@ -188,6 +189,7 @@ impl Fixture {
         settings.loader.progress_interval_ms = 50;
         settings.loader.cloud_check_secs = 1;
         settings.loader.ack_wait_secs = 3;
+        settings.loader.pull_retry_backoff_ms = 20;
         configure(&mut settings);
         let bus = Bus::connect(&settings.nats, "loader-test")
             .await
@@ -605,6 +607,35 @@ async fn a_load_pulls_then_loads_with_rising_progress() {
 }
 
 #[tokio::test]
+async fn a_pull_cut_off_midway_is_retried_and_resumes() {
+    let f = Fixture::start(|_| {}).await;
+    f.sim.set_ollama_pull_speed(100_000_000);
+    let mut watch = f.watch_jobs().await;
+    let reply = f.load("ollama-flaky").await.expect("load accepted");
+    let seen = follow(&mut watch, &reply.job_id, PATIENCE).await;
+    let last = seen.last().expect("a final state");
+    assert_eq!(last.status, job::COMPLETE, "{seen:?}");
+    assert!(seen.iter().any(|s| s.phase == "retrying"), "{seen:?}");
+    assert_progress_never_drops(&seen);
+    // One run of the job (no redelivery), two pulls of which the second resumed.
+    assert_eq!(last.attempts, 1);
+    let pulls = f
+        .sim
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == "/api/pull")
+        .count();
+    assert_eq!(pulls, 2);
+    assert!(
+        f.sim
+            .ollama_state()
+            .installed
+            .iter()
+            .any(|m| m == "fail-once:1b")
+    );
+}
+
+#[tokio::test]
 async fn concurrent_loads_share_one_job_and_one_download() {
     let f = Fixture::start(|_| {}).await;
     f.sim.set_ollama_pull_speed(50_000_000);
@@ -652,9 +683,11 @@ async fn failed_pulls_end_in_error_with_ollamas_reason() {
         .wait_job(&midway.job_id, PATIENCE, |j| job::is_terminal(&j.status))
         .await;
     assert_eq!(failed.status, job::ERROR);
+    // A passing failure is retried (`pull_retries`, 3 by default), then reported with Ollama's
+    // reason; a missing model (above) is not retried.
     assert_eq!(
         failed.error.as_deref(),
-        Some("max retries exceeded: unexpected EOF")
+        Some("max retries exceeded: unexpected EOF (after 3 retries)")
     );
     assert!(
         failed.progress > 0.0 && failed.progress < 90.0,

@@ -281,12 +281,17 @@ async fn a_pull_that_fails_ends_the_job_in_error_with_the_reason() {
     let end = &events[events.len() - 2];
     assert_eq!(end.event, "error", "{events:?}");
     assert_eq!(end.data["status"], "error");
+    // Retried (a cut-off download is passing), then reported with Ollama's reason.
     assert!(
         end.data["message"]
             .as_str()
             .unwrap()
-            .contains("unexpected EOF"),
+            .contains("unexpected EOF (after 3 retries)"),
         "{end:?}"
+    );
+    assert!(
+        events.iter().any(|e| e.data["phase"] == "retrying"),
+        "{events:?}"
     );
     let s = status_until(&app, &who, "sim-pull-fail", Duration::from_secs(5), |s| {
         s["status"] == "error"

@@ -27,7 +27,9 @@
 //!   one `{"status":"success"}`, or 500 `{"error"}`. A name containing `missing` fails with
 //!   `{"error":"pull model manifest: file does not exist"}` after `pulling manifest` (a last
 //!   NDJSON line of the 200 stream, as Ollama does); one containing `fail-midway` streams
-//!   progress and fails with an error line once half the weights arrived, installing nothing.
+//!   progress and fails with an error line once half the weights arrived, installing nothing;
+//!   one containing `fail-once` does so only when it starts from none of the weights, so a
+//!   retry (which resumes from the half already there) succeeds.
 //!   Concurrent pulls of one model share one download; when every puller disconnects the
 //!   download stops and the next pull resumes from the bytes already there.
 //! - `POST /api/generate` / `POST /api/chat` with no `prompt` / `messages`: loads the model

@@ -31,7 +31,8 @@ pub const DEFAULT_WEIGHTS_BYTES: u64 = 120_000_000;
 
 /// Error of a pull whose model name contains `missing` (the registry has no such manifest).
 const MISSING_ERROR: &str = "pull model manifest: file does not exist";
-/// Error of a pull whose model name contains `fail-midway`, sent once half the weights arrived.
+/// Error of a pull whose model name contains `fail-midway` (or `fail-once`, on its first pull
+/// only: one that starts with none of the weights), sent once half the weights arrived.
 const MIDWAY_ERROR: &str = "max retries exceeded: unexpected EOF";
 /// Error of a pull that [`OllamaState::reset`] interrupted.
 const RESET_ERROR: &str = "pull canceled: simulator reset";
@@ -601,13 +602,18 @@ impl OllamaState {
         {
             inner.downloads += 1;
         }
+        let fail_midway = {
+            let lower = name.to_ascii_lowercase();
+            lower.contains("fail-midway")
+                || (lower.contains("fail-once") && completed.first().copied() == Some(0))
+        };
         let (tx, rx) = watch::channel(PullProgress {
             completed,
             stage: Stage::Downloading,
         });
         let job = Arc::new(PullJob {
             key: key.clone(),
-            fail_midway: name.to_ascii_lowercase().contains("fail-midway"),
+            fail_midway,
             model,
             layers: Arc::clone(&layers),
             tx,

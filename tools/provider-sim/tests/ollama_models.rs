@@ -350,6 +350,28 @@ async fn pull_failing_midway_installs_nothing() {
 }
 
 #[tokio::test]
+async fn pull_failing_once_fails_halfway_then_resumes_and_succeeds() {
+    let sim = sim().await;
+    let first = pull_lines(&sim, "fail-once:1b").await;
+    assert_eq!(
+        first.last(),
+        Some(&json!({"error": "max retries exceeded: unexpected EOF"}))
+    );
+    let second = pull_lines(&sim, "fail-once:1b").await;
+    assert_eq!(second.last(), Some(&json!({"status": "success"})));
+    let resumed_from = second
+        .iter()
+        .find_map(|l| l.get("completed").and_then(Value::as_u64))
+        .expect("progress lines");
+    assert!(resumed_from >= WEIGHTS / 2, "resumed at {resumed_from}");
+    assert!(
+        sim.ollama_state()
+            .installed
+            .contains(&"fail-once:1b".into())
+    );
+}
+
+#[tokio::test]
 async fn concurrent_pulls_of_one_model_share_one_download() {
     let sim = sim().await;
     let (first, second) = tokio::join!(pull_lines(&sim, "shared:1b"), async {
