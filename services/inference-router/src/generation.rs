@@ -173,7 +173,7 @@ async fn run(router: &Router, job: Job) {
                 ),
             ))
         };
-        let waited = match crate::loading::follow(&router.js, &prefix, job_id).await {
+        let waited = match crate::loading::follow(&router.loads, job_id).await {
             None => Some(lost()),
             Some(mut states) => loop {
                 tokio::select! {

@@ -46,6 +46,8 @@ pub struct Router {
     /// Provider clients and keys, per catalog model.
     registry: Registry,
     js: jetstream::Context,
+    /// The ollama-loader's buckets: model status, load jobs.
+    loads: loading::Buckets,
     leases: Leases,
     retry: RetryPolicy,
     permits: Arc<Semaphore>,
@@ -137,6 +139,7 @@ pub async fn start(
         settings: s,
         catalog,
         registry,
+        loads: loading::Buckets::new(js.clone(), bus.prefix()),
         js,
         leases,
         running: DashMap::new(),
@@ -329,14 +332,14 @@ impl Router {
         // A local model that is not loaded: start or join its load. A non-streaming send waits
         // for it here (nothing is stored if it does not finish in time); a streaming one goes on
         // and its generation reports the load as `status` events.
-        let load = match loading::ensure(&self.bus, &self.js, &ctx, model, &req.user_id).await? {
+        let load = match loading::ensure(&self.bus, &self.loads, &ctx, model, &req.user_id).await? {
             Readiness::Ready => None,
             Readiness::Loading {
                 job_id,
                 estimated_time,
             } if !req.stream => {
                 let limit = Duration::from_secs(self.settings.load_wait_secs);
-                match loading::wait(&self.js, self.bus.prefix(), &job_id, limit).await {
+                match loading::wait(&self.loads, &job_id, limit).await {
                     Ok(()) => None,
                     Err(Some(job)) if job::is_terminal(&job.status) => {
                         return Err(loading::load_failed(&model.id, &job));

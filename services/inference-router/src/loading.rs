@@ -14,6 +14,7 @@ use polylogue_contracts::models::{
 use polylogue_contracts::subjects::{loader, service};
 use polylogue_contracts::{ApiError, ErrorCode};
 use std::time::Duration;
+use tokio::sync::OnceCell;
 
 /// What a message to a model has to wait for.
 #[derive(Debug, Clone, PartialEq)]
@@ -28,25 +29,57 @@ pub enum Readiness {
     },
 }
 
-async fn bucket(js: &jetstream::Context, name: String) -> Option<kv::Store> {
-    js.get_key_value(name).await.ok()
+/// The ollama-loader's two buckets, each looked up once (a lookup is a JetStream API round trip,
+/// not to be paid per message) and only after a loader has created it.
+pub struct Buckets {
+    js: jetstream::Context,
+    prefix: String,
+    status: OnceCell<kv::Store>,
+    jobs: OnceCell<kv::Store>,
+}
+
+impl Buckets {
+    pub fn new(js: jetstream::Context, prefix: &str) -> Self {
+        Self {
+            js,
+            prefix: prefix.to_owned(),
+            status: OnceCell::new(),
+            jobs: OnceCell::new(),
+        }
+    }
+
+    async fn status(&self) -> Option<&kv::Store> {
+        let name = loader::status_bucket(&self.prefix);
+        self.status
+            .get_or_try_init(|| self.js.get_key_value(name))
+            .await
+            .ok()
+    }
+
+    async fn jobs(&self) -> Option<&kv::Store> {
+        let name = loader::jobs_bucket(&self.prefix);
+        self.jobs
+            .get_or_try_init(|| self.js.get_key_value(name))
+            .await
+            .ok()
+    }
 }
 
 /// The model's status as the loader last wrote it.
-pub async fn model_status(
-    js: &jetstream::Context,
-    prefix: &str,
-    model_id: &str,
-) -> Option<ModelStatusRecord> {
-    let store = bucket(js, loader::status_bucket(prefix)).await?;
-    let entry = store.get(status_key(model_id)).await.ok()??;
+pub async fn model_status(buckets: &Buckets, model_id: &str) -> Option<ModelStatusRecord> {
+    let entry = buckets
+        .status()
+        .await?
+        .get(status_key(model_id))
+        .await
+        .ok()??;
     serde_json::from_slice(&entry).ok()
 }
 
 /// Checks a model that needs loading and starts or joins its load when it is not loaded.
 pub async fn ensure(
     bus: &Bus,
-    js: &jetstream::Context,
+    buckets: &Buckets,
     ctx: &RequestContext,
     model: &ModelEntry,
     user_id: &str,
@@ -54,7 +87,7 @@ pub async fn ensure(
     if !model.requires_loading {
         return Ok(Readiness::Ready);
     }
-    if model_status(js, bus.prefix(), &model.id)
+    if model_status(buckets, &model.id)
         .await
         .is_some_and(|s| s.status == status::LOADED)
     {
@@ -106,12 +139,15 @@ pub fn load_failed(model_id: &str, job: &LoadJob) -> ApiError {
 /// Every state of a load job, the current one first, until the job's record goes away.
 /// `None` when there is no jobs bucket (no loader has ever started).
 pub async fn follow(
-    js: &jetstream::Context,
-    prefix: &str,
+    buckets: &Buckets,
     job_id: &str,
 ) -> Option<futures::stream::BoxStream<'static, LoadJob>> {
-    let store = bucket(js, loader::jobs_bucket(prefix)).await?;
-    let watch = store.watch_with_history(job_key(job_id)).await.ok()?;
+    let watch = buckets
+        .jobs()
+        .await?
+        .watch_with_history(job_key(job_id))
+        .await
+        .ok()?;
     Some(
         watch
             .take_while(|entry| {
@@ -134,13 +170,8 @@ pub async fn follow(
 
 /// Waits until a load job ends or `limit` passes. `Ok(())` when the model is loaded; else the
 /// last state seen (terminal: the job failed; not terminal or `None`: the wait ran out).
-pub async fn wait(
-    js: &jetstream::Context,
-    prefix: &str,
-    job_id: &str,
-    limit: Duration,
-) -> Result<(), Option<LoadJob>> {
-    let Some(mut states) = follow(js, prefix, job_id).await else {
+pub async fn wait(buckets: &Buckets, job_id: &str, limit: Duration) -> Result<(), Option<LoadJob>> {
+    let Some(mut states) = follow(buckets, job_id).await else {
         return Err(None);
     };
     let deadline = tokio::time::Instant::now() + limit;
